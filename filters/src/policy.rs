@@ -1,0 +1,195 @@
+//! Compiled policies and their evaluation at connection (L4) and request (L7) level.
+//!
+//! Any matching `deny` rule denies; else any matching `allow` rule allows; else the default.
+//! `audit` rules never change the decision; they are listed in [`Verdict::audit`]. When several
+//! rules of the deciding kind match, the first in file order names the verdict.
+
+mod compile;
+mod spec;
+
+use std::fmt;
+use std::sync::Arc;
+
+pub use compile::PolicyError;
+pub use spec::{Action, DefaultAction, PolicySpec, RuleSpec};
+
+use crate::pattern::{IdPattern, PathPattern};
+use crate::verdict::{Decision, Reason, Verdict};
+
+/// Who is on the other end of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Peer<'a> {
+    /// A peer that presented a valid SVID with this SPIFFE ID.
+    Authenticated(&'a str),
+    /// A plaintext peer admitted by a permissive listener.
+    Unauthenticated,
+}
+
+impl<'a> Peer<'a> {
+    /// The SPIFFE ID, if authenticated.
+    pub fn id(&self) -> Option<&'a str> {
+        match self {
+            Peer::Authenticated(id) => Some(id),
+            Peer::Unauthenticated => None,
+        }
+    }
+}
+
+impl fmt::Display for Peer<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Authenticated(id) => f.write_str(id),
+            Peer::Unauthenticated => f.write_str("unauthenticated"),
+        }
+    }
+}
+
+/// A compiled, validated policy. Cheap to clone; shareable across threads.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    name: Arc<str>,
+    default: DefaultAction,
+    rules: Arc<[Rule]>,
+}
+
+/// Which peers a rule covers.
+#[derive(Clone, Debug)]
+enum Peers {
+    AnyAuthenticated,
+    Matching(Box<[IdPattern]>),
+    Unauthenticated,
+}
+
+#[derive(Clone, Debug)]
+struct Rule {
+    name: Arc<str>,
+    action: Action,
+    peers: Peers,
+    /// Uppercased, validated tokens; empty: any method.
+    methods: Box<[Box<str>]>,
+    /// Empty: any path.
+    paths: Box<[PathPattern]>,
+}
+
+impl Rule {
+    fn http_only(&self) -> bool {
+        !self.methods.is_empty() || !self.paths.is_empty()
+    }
+
+    fn matches_peer(&self, peer: Peer<'_>) -> bool {
+        match (&self.peers, peer) {
+            (Peers::AnyAuthenticated, Peer::Authenticated(_)) => true,
+            (Peers::Matching(patterns), Peer::Authenticated(id)) => {
+                patterns.iter().any(|p| p.matches(id))
+            }
+            (Peers::Unauthenticated, Peer::Unauthenticated) => true,
+            _ => false,
+        }
+    }
+
+    fn matches_request(&self, method: &str, path: &str) -> bool {
+        (self.methods.is_empty() || self.methods.iter().any(|m| **m == *method))
+            && (self.paths.is_empty() || self.paths.iter().any(|p| p.matches(path)))
+    }
+}
+
+impl Policy {
+    /// Validates and compiles `spec` under `name` (the key under `policies:`).
+    pub fn compile(name: &str, spec: &PolicySpec) -> Result<Policy, PolicyError> {
+        let rules = compile::rules(name, &spec.rules)?;
+        Ok(Policy {
+            name: name.into(),
+            default: spec.default,
+            rules: rules.into(),
+        })
+    }
+
+    /// The policy's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The verdict for a new connection; HTTP-only rules are skipped.
+    pub fn evaluate_connection(&self, peer: Peer<'_>) -> Verdict {
+        self.decide(
+            self.rules
+                .iter()
+                .filter(|r| !r.http_only() && r.matches_peer(peer)),
+        )
+    }
+
+    /// The verdict for one HTTP request; `path` is already normalized and has no query.
+    pub fn evaluate_request(&self, peer: Peer<'_>, method: &str, path: &str) -> Verdict {
+        self.decide(
+            self.rules
+                .iter()
+                .filter(|r| r.matches_peer(peer) && r.matches_request(method, path)),
+        )
+    }
+
+    /// For HTTP listeners at connection time: `false` only if no request from `peer` could
+    /// ever be allowed, so the connection can be refused up front.
+    pub fn may_allow_requests(&self, peer: Peer<'_>) -> bool {
+        let mut matching = self.rules.iter().filter(|r| r.matches_peer(peer));
+        if matching
+            .clone()
+            .any(|r| r.action == Action::Deny && !r.http_only())
+        {
+            return false;
+        }
+        self.default == DefaultAction::Allow || matching.any(|r| r.action == Action::Allow)
+    }
+
+    fn decide<'r>(&self, matching: impl Iterator<Item = &'r Rule>) -> Verdict {
+        let mut deny = None;
+        let mut allow = None;
+        let mut audit = Vec::new();
+        for rule in matching {
+            match rule.action {
+                Action::Deny => {
+                    deny.get_or_insert(rule);
+                }
+                Action::Allow => {
+                    allow.get_or_insert(rule);
+                }
+                Action::Audit => audit.push(rule.name.clone()),
+            }
+        }
+        let (decision, rule, reason) = match (deny, allow, self.default) {
+            (Some(r), _, _) => (Decision::Deny, Some(r), Reason::DenyRule),
+            (None, Some(r), _) => (Decision::Allow, Some(r), Reason::AllowRule),
+            (None, None, DefaultAction::Allow) => (Decision::Allow, None, Reason::DefaultAllow),
+            (None, None, DefaultAction::Deny) => (Decision::Deny, None, Reason::DefaultDeny),
+        };
+        Verdict {
+            decision,
+            rule: rule.map(|r| r.name.clone()),
+            reason,
+            audit,
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync + Clone + fmt::Debug>() {}
+
+    #[test]
+    fn policy_is_send_sync_clone() {
+        assert_send_sync::<Policy>();
+        assert_send_sync::<Verdict>();
+    }
+
+    #[test]
+    fn peer_id() {
+        assert_eq!(
+            Peer::Authenticated("spiffe://a.org/x").id(),
+            Some("spiffe://a.org/x")
+        );
+        assert_eq!(Peer::Unauthenticated.id(), None);
+        assert_eq!(Peer::Unauthenticated.to_string(), "unauthenticated");
+    }
+}

@@ -1,0 +1,201 @@
+//! What each subcommand does. Every failure ends in a message that says what to fix and
+//! exit status 1; nothing here panics on bad input.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ward_certs::{BundleSet, DevCa, SpiffeId, SvidVerifier, TrustBundle, TrustDomain};
+
+use crate::audit::AuditLog;
+use crate::cli::{CertsCommand, Cli, Command};
+use crate::config::{Config, LogConfig, LogFormat};
+use crate::server;
+
+/// Runs one command line.
+pub fn main(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Run { config, workers } => run(&config, workers),
+        Command::Check { config } => check(&config),
+        Command::Demo { keep } => crate::demo::run(keep),
+        Command::Certs(cmd) => certs(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Installs the tracing subscriber: stderr, JSON or text, RUST_LOG over the config's level.
+pub fn init_logging(log: &LogConfig) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(log.level.as_deref().unwrap_or("info")))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match log.format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers.max(1))
+        .thread_name("ward-worker")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+fn run(path: &Path, workers: usize) -> Result<(), String> {
+    let config = Config::load(path).map_err(|e| format!("invalid config:\n{e}"))?;
+    init_logging(&config.log);
+    let audit = AuditLog::open(&config.log.audit).map_err(|e| format!("log.audit: {e}"))?;
+    let effective = serde_json::to_value(&config).unwrap_or_default();
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %effective, "ward starting");
+    runtime(workers)?.block_on(async {
+        let running = server::start(&config, audit).await.map_err(|e| e.to_string())?;
+        if let Some(tls) = running.store.current() {
+            let info = tls.identity.info();
+            tracing::info!(id = %info.id, serial = %info.serial, not_after = %rfc3339(info.not_after), "ready");
+        }
+        server::wait_for_signal().await;
+        running.stop().await;
+        Ok(())
+    })
+}
+
+fn check(path: &Path) -> Result<(), String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    let updates = runtime(1)?.block_on(async {
+        let mut rx = server::identity_source(&config).map_err(|e| e.to_string())?;
+        rx.recv()
+            .await
+            .ok_or_else(|| "the identity source produced nothing".to_owned())
+    })?;
+    let identity = updates.map_err(|e| format!("{}: identity: {e}", path.display()))?;
+    let info = identity.info();
+    println!(
+        "{}: ok: {} inbound, {} outbound, {} policies; identity {} (serial {}, expires {}), trust domains: {}",
+        path.display(),
+        config.inbound.len(),
+        config.outbound.len(),
+        config.policies.len(),
+        info.id,
+        info.serial,
+        rfc3339(info.not_after),
+        identity.bundles().trust_domains().join(", ")
+    );
+    Ok(())
+}
+
+/// Formats Unix seconds as RFC 3339.
+pub fn rfc3339(unix: i64) -> String {
+    let t = if unix >= 0 {
+        UNIX_EPOCH + Duration::from_secs(unix.unsigned_abs())
+    } else {
+        UNIX_EPOCH - Duration::from_secs(unix.unsigned_abs())
+    };
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn certs(cmd: CertsCommand) -> Result<(), String> {
+    match cmd {
+        CertsCommand::Ca { trust_domain, out } => {
+            let td = TrustDomain::new(&trust_domain)
+                .map_err(|e| format!("--trust-domain {trust_domain:?}: {e}"))?;
+            let ca = DevCa::generate(&td).map_err(|e| e.to_string())?;
+            ca.save(&out).map_err(|e| e.to_string())?;
+            println!(
+                "dev CA for {td} written to {} (ca.pem, ca_key.pem)",
+                out.display()
+            );
+            Ok(())
+        }
+        CertsCommand::Issue { ca, id, ttl, out } => {
+            let ca = DevCa::load(&ca).map_err(|e| format!("--ca: {e}"))?;
+            let id = SpiffeId::parse(&id).map_err(|e| format!("--id {id:?}: {e}"))?;
+            let svid = ca.issue(&id, ttl).map_err(|e| e.to_string())?;
+            ca.write_svid(&svid, &out).map_err(|e| e.to_string())?;
+            println!(
+                "SVID for {id} valid for {} written to {} (svid.pem, svid_key.pem, bundle.pem)",
+                humantime::format_duration(ttl),
+                out.display()
+            );
+            Ok(())
+        }
+        CertsCommand::Inspect { file, bundle } => inspect(&file, bundle.as_deref()),
+    }
+}
+
+fn inspect(file: &Path, bundle: Option<&Path>) -> Result<(), String> {
+    let bytes = ward_certs::pem::read_file(file).map_err(|e| e.to_string())?;
+    let chain = ward_certs::pem::certs(&bytes, &file.display().to_string()).map_err(|e| e.to_string())?;
+    println!("file:        {}", file.display());
+    println!("chain:       {} certificate(s)", chain.len());
+    let info = ward_certs::svid::check_leaf(&chain[0]);
+    let info = match info {
+        Ok(info) => info,
+        Err(e) => {
+            println!("verdict:     not a valid X509-SVID: {e}");
+            return Err(format!("{}: not a valid X509-SVID: {e}", file.display()));
+        }
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default();
+    println!("spiffe id:   {}", info.id);
+    println!("serial:      {}", info.serial);
+    println!("not before:  {}", rfc3339(info.not_before));
+    let left = info.not_after - now;
+    let when = if left >= 0 {
+        format!(
+            "in {}",
+            humantime::format_duration(Duration::from_secs(left.unsigned_abs()))
+        )
+    } else {
+        format!(
+            "EXPIRED {} ago",
+            humantime::format_duration(Duration::from_secs(left.unsigned_abs()))
+        )
+    };
+    println!("not after:   {} ({when})", rfc3339(info.not_after));
+    println!("leaf rules:  valid X509-SVID leaf");
+    let Some(bundle_path) = bundle else {
+        return if left < 0 {
+            Err(format!("{}: expired", file.display()))
+        } else {
+            Ok(())
+        };
+    };
+    let td = info.id.trust_domain();
+    let tb = TrustBundle::load(td.clone(), bundle_path).map_err(|e| e.to_string())?;
+    let mut set = BundleSet::new();
+    set.insert(tb);
+    let verifier = SvidVerifier::new(std::sync::Arc::new(set), &ward_certs::provider());
+    match verifier.verify(
+        &chain[0],
+        &chain[1..],
+        ward_certs::UnixTime::now(),
+        ward_certs::svid_usage(),
+    ) {
+        Ok(_) => {
+            println!(
+                "verdict:     valid: chains to {} as the bundle of {td}",
+                bundle_path.display()
+            );
+            Ok(())
+        }
+        Err(e) => {
+            println!("verdict:     invalid: {e}");
+            Err(format!("{}: {e}", file.display()))
+        }
+    }
+}

@@ -1,0 +1,542 @@
+//! `ward.yaml`: typed config, loaded with serde-saphyr. Unknown keys are refused, and every
+//! problem is reported with its place (file:line:column) and what to do about it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_saphyr::{Location, Spanned};
+use ward_filters::PolicySpec;
+
+/// Durations are humantime strings everywhere: `500ms`, `6s`, `1h`.
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!("{s:?} is not a duration like 500ms, 6s or 1h: {e}"))
+        })
+    }
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub mod option {
+        use super::*;
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            super::deserialize(d).map(Some)
+        }
+        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => super::serialize(d, s),
+                None => s.serialize_none(),
+            }
+        }
+    }
+}
+
+/// `IP:port` socket addresses, with a message that shows the expected form.
+mod addr {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(|_| {
+            serde::de::Error::custom(format!(
+                "{s:?} is not an IP:port address like 127.0.0.1:15006 or [::1]:15006 (host names are not resolved)"
+            ))
+        })
+    }
+}
+
+/// The whole config file.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub identity: Spanned<IdentityConfig>,
+    #[serde(default)]
+    pub inbound: Vec<Spanned<InboundConfig>>,
+    #[serde(default)]
+    pub outbound: Vec<Spanned<OutboundConfig>>,
+    #[serde(default)]
+    pub policies: BTreeMap<String, Spanned<PolicySpec>>,
+    #[serde(default)]
+    pub admin: Option<Spanned<AdminConfig>>,
+    #[serde(default)]
+    pub log: LogConfig,
+    /// How long a TLS handshake may take before the connection is cut.
+    #[serde(default = "default_handshake_timeout", with = "duration")]
+    pub handshake_timeout: Duration,
+    /// How long connecting to a forward address may take.
+    #[serde(default = "default_connect_timeout", with = "duration")]
+    pub connect_timeout: Duration,
+}
+
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// Where ward's own SVID comes from.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    #[serde(default)]
+    pub files: Option<FilesConfig>,
+    #[serde(default)]
+    pub dev: Option<DevConfig>,
+    /// Anchors of other trust domains, one bundle file each, never merged.
+    #[serde(default)]
+    pub federation: BTreeMap<String, PathBuf>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilesConfig {
+    /// Leaf first, then intermediates.
+    pub cert: Spanned<PathBuf>,
+    pub key: Spanned<PathBuf>,
+    /// Anchors of our own trust domain (PEM or SPIFFE JWKS).
+    pub bundle: Spanned<PathBuf>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevConfig {
+    /// The SPIFFE ID to issue to ourselves.
+    pub id: String,
+    /// A CA directory from `ward certs ca` (ca.pem, ca_key.pem); without it, a throwaway CA
+    /// is made at start, which only this process trusts.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    #[serde(default = "default_dev_ttl", with = "duration")]
+    pub ttl: Duration,
+}
+
+fn default_dev_ttl() -> Duration {
+    Duration::from_secs(3600)
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Opaque bytes.
+    Tcp,
+    /// HTTP/1.1 and HTTP/2 with per-request policy.
+    Http,
+    /// Sniff: HTTP when it looks like HTTP, TCP otherwise.
+    #[default]
+    Auto,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mtls {
+    /// mTLS or nothing.
+    #[default]
+    Strict,
+    /// Plaintext peers are admitted as unauthenticated (for migrations).
+    Permissive,
+}
+
+/// An explicit inbound listener: mTLS from peers, plaintext to the app.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundConfig {
+    pub name: String,
+    #[serde(deserialize_with = "addr::deserialize")]
+    pub listen: SocketAddr,
+    #[serde(deserialize_with = "addr::deserialize")]
+    pub forward: SocketAddr,
+    #[serde(default)]
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub mtls: Mtls,
+    pub policy: String,
+    #[serde(default, with = "duration::option", skip_serializing_if = "Option::is_none")]
+    pub handshake_timeout: Option<Duration>,
+}
+
+/// An explicit outbound listener: plaintext from the app, mTLS to a peer's inbound.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundConfig {
+    pub name: String,
+    #[serde(deserialize_with = "addr::deserialize")]
+    pub listen: SocketAddr,
+    #[serde(deserialize_with = "addr::deserialize")]
+    pub forward: SocketAddr,
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Exact SPIFFE ID or pattern the server must present.
+    pub server_id: String,
+    #[serde(default, with = "duration::option", skip_serializing_if = "Option::is_none")]
+    pub handshake_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(deserialize_with = "addr::deserialize")]
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// `stderr` (default), `stdout`, or a file path.
+    #[serde(default)]
+    pub audit: AuditTarget,
+    /// A tracing filter such as `info` or `ward=debug`; RUST_LOG wins when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+}
+
+/// Where audit and access records go.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AuditTarget {
+    #[default]
+    Stderr,
+    Stdout,
+    File(PathBuf),
+}
+
+impl<'de> Deserialize<'de> for AuditTarget {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(match s.as_str() {
+            "stderr" => AuditTarget::Stderr,
+            "stdout" => AuditTarget::Stdout,
+            "" => {
+                return Err(serde::de::Error::custom(
+                    "log.audit is empty: use stderr, stdout or a file path",
+                ));
+            }
+            path => AuditTarget::File(PathBuf::from(path)),
+        })
+    }
+}
+
+impl Serialize for AuditTarget {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            AuditTarget::Stderr => s.serialize_str("stderr"),
+            AuditTarget::Stdout => s.serialize_str("stdout"),
+            AuditTarget::File(p) => s.serialize_str(&p.display().to_string()),
+        }
+    }
+}
+
+/// One problem in a config file, with its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub file: String,
+    /// 1-based; 0 when the problem has no place in the file.
+    pub line: u64,
+    pub column: u64,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
+        } else {
+            write!(f, "{}: {}", self.file, self.message)
+        }
+    }
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Collects problems with their places while a config is checked.
+pub(crate) struct Problems {
+    file: String,
+    list: Vec<ConfigProblem>,
+}
+
+impl Problems {
+    pub(crate) fn new(file: &str) -> Self {
+        Problems {
+            file: file.to_owned(),
+            list: Vec::new(),
+        }
+    }
+
+    pub(crate) fn at(&mut self, loc: Location, message: impl Into<String>) {
+        self.list.push(ConfigProblem {
+            file: self.file.clone(),
+            line: loc.line(),
+            column: loc.column(),
+            message: message.into(),
+        });
+    }
+
+    pub(crate) fn into_result(self) -> Result<(), ConfigError> {
+        if self.list.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems: self.list })
+        }
+    }
+}
+
+/// The first line of serde-saphyr's rendered message, without the place it already names
+/// (we print the place ourselves, as file:line:column).
+fn parse_message(e: &serde_saphyr::Error) -> String {
+    let text = e.to_string();
+    let mut msg = text.lines().next().unwrap_or("invalid YAML").trim();
+    msg = msg.strip_prefix("error: ").unwrap_or(msg);
+    if let Some(rest) = msg.strip_prefix("line ") {
+        if let Some((_, after)) = rest.split_once(": ") {
+            msg = after;
+        }
+    }
+    msg.to_owned()
+}
+
+impl Config {
+    /// Parses YAML text; `file` names it in errors. Does not check cross-references.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        serde_saphyr::from_str::<Config>(text).map_err(|e| {
+            let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+            ConfigError {
+                problems: vec![ConfigProblem {
+                    file: file.to_owned(),
+                    line,
+                    column,
+                    message: parse_message(&e),
+                }],
+            }
+        })
+    }
+
+    /// Reads and parses a config file.
+    pub fn read(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            problems: vec![ConfigProblem {
+                file: file.clone(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read the config file: {e}"),
+            }],
+        })?;
+        Config::parse(&text, &file)
+    }
+
+    /// Checks what types cannot: references, uniqueness, files. Reports every problem.
+    pub fn check(&self, file: &str) -> Result<(), ConfigError> {
+        let mut p = Problems::new(file);
+        let id = &self.identity;
+        match (&id.value.files, &id.value.dev) {
+            (None, None) => p.at(
+                id.referenced,
+                "identity needs a source: `files` (cert, key, bundle) or `dev`",
+            ),
+            (Some(_), Some(_)) => p.at(
+                id.referenced,
+                "identity has both `files` and `dev`; choose one source",
+            ),
+            (Some(files), None) => {
+                for (what, path) in [
+                    ("cert", &files.cert),
+                    ("key", &files.key),
+                    ("bundle", &files.bundle),
+                ] {
+                    if let Err(e) = std::fs::File::open(&path.value) {
+                        p.at(
+                            path.referenced,
+                            format!("identity.files.{what}: cannot read {}: {e}", path.value.display()),
+                        );
+                    }
+                }
+            }
+            (None, Some(dev)) => {
+                if let Err(e) = ward_certs::SpiffeId::parse(&dev.id) {
+                    p.at(id.referenced, format!("identity.dev.id {:?}: {e}", dev.id));
+                }
+                if let Some(ca) = &dev.ca
+                    && !ca.join(ward_certs::devca::CA_CERT).is_file()
+                {
+                    p.at(
+                        id.referenced,
+                        format!(
+                            "identity.dev.ca: {} has no ca.pem; create one with `ward certs ca`",
+                            ca.display()
+                        ),
+                    );
+                }
+                if dev.ttl < Duration::from_secs(2) {
+                    p.at(id.referenced, "identity.dev.ttl must be at least 2s");
+                }
+            }
+        }
+        for (td, path) in &id.value.federation {
+            if let Err(e) = ward_certs::TrustDomain::new(td) {
+                p.at(
+                    id.referenced,
+                    format!("identity.federation: {td:?} is not a trust domain: {e}"),
+                );
+            }
+            if let Err(e) = std::fs::File::open(path) {
+                p.at(
+                    id.referenced,
+                    format!("identity.federation.{td}: cannot read {}: {e}", path.display()),
+                );
+            }
+        }
+
+        for (name, spec) in &self.policies {
+            if let Err(e) = ward_filters::Policy::compile(name, &spec.value) {
+                p.at(spec.referenced, e.to_string());
+            }
+        }
+
+        let mut names: HashMap<&str, Location> = HashMap::new();
+        let mut listens: HashMap<SocketAddr, Location> = HashMap::new();
+        if let Some(admin) = &self.admin {
+            listens.insert(admin.value.listen, admin.referenced);
+        }
+        let all = self
+            .inbound
+            .iter()
+            .map(|l| (l.value.name.as_str(), l.value.listen, l.referenced));
+        let all = all.chain(
+            self.outbound
+                .iter()
+                .map(|l| (l.value.name.as_str(), l.value.listen, l.referenced)),
+        );
+        for (name, listen, loc) in all {
+            if name.is_empty() {
+                p.at(loc, "listener name is empty");
+            } else if let Some(first) = names.insert(name, loc) {
+                p.at(
+                    loc,
+                    format!(
+                        "listener name {name:?} is used twice (first at line {})",
+                        first.line()
+                    ),
+                );
+            }
+            if listen.port() != 0
+                && let Some(first) = listens.insert(listen, loc)
+            {
+                p.at(
+                    loc,
+                    format!(
+                        "listen address {listen} is used twice (first at line {})",
+                        first.line()
+                    ),
+                );
+            }
+        }
+        for l in &self.inbound {
+            let v = &l.value;
+            if !self.policies.contains_key(&v.policy) {
+                let known: Vec<&str> = self.policies.keys().map(String::as_str).collect();
+                p.at(
+                    l.referenced,
+                    format!(
+                        "inbound {:?}: policy {:?} is not defined under `policies` (defined: {})",
+                        v.name,
+                        v.policy,
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                );
+            }
+            if v.protocol == Protocol::Http {
+                p.at(
+                    l.referenced,
+                    format!(
+                        "inbound {:?}: protocol http is not supported yet; use tcp",
+                        v.name
+                    ),
+                );
+            }
+        }
+        for l in &self.outbound {
+            let v = &l.value;
+            if let Err(e) = ward_filters::Pattern::parse_spiffe(&v.server_id) {
+                p.at(
+                    l.referenced,
+                    format!("outbound {:?}: server_id {:?}: {e}", v.name, v.server_id),
+                );
+            }
+            if v.protocol == Protocol::Http {
+                p.at(
+                    l.referenced,
+                    format!(
+                        "outbound {:?}: protocol http is not supported yet; use tcp",
+                        v.name
+                    ),
+                );
+            }
+        }
+        if self.inbound.is_empty() && self.outbound.is_empty() {
+            p.at(
+                Location::UNKNOWN,
+                "no listeners: add at least one entry under `inbound` or `outbound`",
+            );
+        }
+        if let AuditTarget::File(path) = &self.log.audit
+            && let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.is_dir()
+        {
+            p.at(
+                Location::UNKNOWN,
+                format!("log.audit: directory {} does not exist", dir.display()),
+            );
+        }
+        p.into_result()
+    }
+
+    /// Reads, parses and checks a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let config = Config::read(path)?;
+        config.check(&path.display().to_string())?;
+        Ok(config)
+    }
+}

@@ -1,0 +1,15 @@
+//! ward: a sidecar proxy that enforces SPIFFE workload identity.
+//!
+//! The path of a connection reads top to bottom in [`inbound`] and [`outbound`]; identity and
+//! certificate checks live in `ward-certs`, policy decisions in `ward-filters`.
+
+pub mod audit;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod demo;
+pub mod forward;
+pub mod inbound;
+pub mod outbound;
+pub mod server;
+pub mod tls;
