@@ -61,10 +61,7 @@ pub enum PatternError {
     NotAbsolutePath { pattern: String },
     /// A path pattern that could never match a normalized request path.
     #[error("path pattern `{pattern}`: {problem}")]
-    PathSegment {
-        pattern: String,
-        problem: &'static str,
-    },
+    PathSegment { pattern: String, problem: &'static str },
 }
 
 /// One compiled segment of a pattern.
@@ -209,11 +206,7 @@ impl Pattern {
 
     /// Whether the pattern has no wildcard, so it matches only its own text.
     pub fn is_literal(&self) -> bool {
-        !self.below
-            && self
-                .segments
-                .iter()
-                .all(|s| matches!(s, Segment::Literal(_)))
+        !self.below && self.segments.iter().all(|s| matches!(s, Segment::Literal(_)))
     }
 }
 
@@ -230,9 +223,9 @@ fn check_trust_domain(pattern: &str, td: &str) -> Result<(), PatternError> {
             "must be a name or `*`; for any SPIFFE ID write `spiffe://*/**`, or leave out `from` to match any authenticated peer",
         )),
         _ if td.len() > 255 => Err(err("is longer than 255 bytes")),
-        _ if !td.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
-        }) =>
+        _ if !td
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')) =>
         {
             Err(err(
                 "may only use lowercase letters, digits, `.`, `-` and `_` (no port, userinfo or uppercase)",

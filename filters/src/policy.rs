@@ -79,9 +79,7 @@ impl Rule {
     fn matches_peer(&self, peer: Peer<'_>) -> bool {
         match (&self.peers, peer) {
             (Peers::AnyAuthenticated, Peer::Authenticated(_)) => true,
-            (Peers::Matching(patterns), Peer::Authenticated(id)) => {
-                patterns.iter().any(|p| p.matches(id))
-            }
+            (Peers::Matching(patterns), Peer::Authenticated(id)) => patterns.iter().any(|p| p.matches(id)),
             (Peers::Unauthenticated, Peer::Unauthenticated) => true,
             _ => false,
         }

@@ -133,10 +133,7 @@ mod tests {
             json,
             r#"{"listener":"web","peer":null,"decision":"allow","rule":null,"reason":"default_allow","audit":["watch"]}"#
         );
-        assert_eq!(
-            serde_json::from_str::<DecisionRecord>(&json).unwrap(),
-            record
-        );
+        assert_eq!(serde_json::from_str::<DecisionRecord>(&json).unwrap(), record);
     }
 
     #[test]

@@ -1,9 +1,7 @@
 //! Policy compilation and evaluation, from specs written as JSON (YAML lives in the proxy).
 #![allow(clippy::unwrap_used)]
 
-use ward_filters::{
-    Action, Decision, DefaultAction, Peer, Policy, PolicyError, PolicySpec, Reason, Verdict,
-};
+use ward_filters::{Action, Decision, DefaultAction, Peer, Policy, PolicyError, PolicySpec, Reason, Verdict};
 
 const FRONTEND: Peer<'static> = Peer::Authenticated("spiffe://example.org/ns/default/sa/frontend");
 const BATCH: Peer<'static> = Peer::Authenticated("spiffe://example.org/ns/jobs/sa/batch");
@@ -132,10 +130,7 @@ fn audit_never_changes_the_decision_but_is_listed() {
     // An audit-only policy decides exactly as the empty one.
     let only_audit = policy(r#"{"default": "allow", "rules": [{"name": "a", "action": "audit"}]}"#);
     let v = only_audit.evaluate_request(FRONTEND, "POST", "/x");
-    assert_eq!(
-        v,
-        verdict(Decision::Allow, None, Reason::DefaultAllow, &["a"])
-    );
+    assert_eq!(v, verdict(Decision::Allow, None, Reason::DefaultAllow, &["a"]));
     // Audit rules never make a peer look allowable.
     assert!(!policy(r#"{"rules": [{"name": "a", "action": "audit"}]}"#).may_allow_requests(BATCH));
 }
@@ -159,8 +154,7 @@ fn no_from_matches_any_authenticated_peer_only() {
 
 #[test]
 fn unauthenticated_rule_matches_only_plaintext_peers() {
-    let p =
-        policy(r#"{"rules": [{"name": "migrating", "action": "allow", "unauthenticated": true}]}"#);
+    let p = policy(r#"{"rules": [{"name": "migrating", "action": "allow", "unauthenticated": true}]}"#);
     assert_eq!(
         p.evaluate_connection(PLAIN),
         verdict(Decision::Allow, Some("migrating"), Reason::AllowRule, &[])
@@ -213,8 +207,7 @@ fn http_only_rules_are_skipped_at_connection_level() {
 #[test]
 fn http_rules_apply_per_request() {
     let p = http_policy();
-    let allow =
-        |rule, audit: &[&str]| verdict(Decision::Allow, Some(rule), Reason::AllowRule, audit);
+    let allow = |rule, audit: &[&str]| verdict(Decision::Allow, Some(rule), Reason::AllowRule, audit);
     let default_deny = |audit: &[&str]| verdict(Decision::Deny, None, Reason::DefaultDeny, audit);
 
     assert_eq!(
@@ -238,14 +231,8 @@ fn http_rules_apply_per_request() {
         p.evaluate_request(FRONTEND, "GET", "/api/users/1"),
         default_deny(&[])
     );
-    assert_eq!(
-        p.evaluate_request(FRONTEND, "GET", "/api/"),
-        default_deny(&[])
-    );
-    assert_eq!(
-        p.evaluate_request(FRONTEND, "GET", "/healthz"),
-        default_deny(&[])
-    );
+    assert_eq!(p.evaluate_request(FRONTEND, "GET", "/api/"), default_deny(&[]));
+    assert_eq!(p.evaluate_request(FRONTEND, "GET", "/healthz"), default_deny(&[]));
 
     // A non-HTTP allow rule covers every request; an HTTP deny rule still beats it.
     assert_eq!(
@@ -256,16 +243,10 @@ fn http_rules_apply_per_request() {
         p.evaluate_request(BATCH, "GET", "/admin/users"),
         verdict(Decision::Deny, Some("no-admin"), Reason::DenyRule, &[])
     );
-    assert_eq!(
-        p.evaluate_request(BATCH, "GET", "/admin"),
-        allow("jobs", &[])
-    );
+    assert_eq!(p.evaluate_request(BATCH, "GET", "/admin"), allow("jobs", &[]));
 
     // Rules without `from` never match unauthenticated peers, even per request.
-    assert_eq!(
-        p.evaluate_request(PLAIN, "GET", "/admin/x"),
-        default_deny(&[])
-    );
+    assert_eq!(p.evaluate_request(PLAIN, "GET", "/admin/x"), default_deny(&[]));
 }
 
 #[test]
@@ -302,9 +283,8 @@ fn policy_is_cheap_to_share() {
 
 #[test]
 fn error_empty_rule_name() {
-    let err = compile_err(
-        r#"{"rules": [{"name": "ok", "action": "allow"}, {"name": " ", "action": "deny"}]}"#,
-    );
+    let err =
+        compile_err(r#"{"rules": [{"name": "ok", "action": "allow"}, {"name": " ", "action": "deny"}]}"#);
     assert_eq!(
         err,
         PolicyError::EmptyRuleName {
@@ -320,9 +300,8 @@ fn error_empty_rule_name() {
 
 #[test]
 fn error_duplicate_rule_name() {
-    let err = compile_err(
-        r#"{"rules": [{"name": "a", "action": "allow"}, {"name": "a", "action": "audit"}]}"#,
-    );
+    let err =
+        compile_err(r#"{"rules": [{"name": "a", "action": "allow"}, {"name": "a", "action": "audit"}]}"#);
     assert!(matches!(err, PolicyError::DuplicateRuleName { ref rule, .. } if rule == "a"));
     let msg = err.to_string();
     assert!(
@@ -358,8 +337,7 @@ fn error_empty_from() {
 #[test]
 fn error_invalid_method() {
     for bad in ["", "GET POST", "GET,POST", "ÖFFNEN", "get\n"] {
-        let json =
-            serde_json::json!({"rules": [{"name": "m", "action": "allow", "methods": [bad]}]});
+        let json = serde_json::json!({"rules": [{"name": "m", "action": "allow", "methods": [bad]}]});
         let err = Policy::compile("web", &serde_json::from_value(json).unwrap()).unwrap_err();
         assert_eq!(
             err,
@@ -370,10 +348,7 @@ fn error_invalid_method() {
             }
         );
         let msg = err.to_string();
-        assert!(
-            msg.starts_with("policy \"web\", rule \"m\": method"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("policy \"web\", rule \"m\": method"), "{msg}");
         assert!(msg.contains("GET, POST"), "{msg}");
     }
     // Extension methods are tokens too.
@@ -409,15 +384,10 @@ fn bad_patterns_and_fields_fail_to_deserialize() {
         ),
         (r#"{"default": "audit"}"#, "unknown variant `audit`"),
         (r#"{"defaults": "allow"}"#, "unknown field `defaults`"),
-        (
-            r#"{"rules": [{"action": "allow"}]}"#,
-            "missing field `name`",
-        ),
+        (r#"{"rules": [{"action": "allow"}]}"#, "missing field `name`"),
     ];
     for (json, want) in cases {
-        let err = serde_json::from_str::<PolicySpec>(json)
-            .unwrap_err()
-            .to_string();
+        let err = serde_json::from_str::<PolicySpec>(json).unwrap_err().to_string();
         assert!(err.contains(want), "{json}: {err}");
     }
 }
@@ -444,10 +414,7 @@ fn spec_round_trips_through_json() {
     let back: PolicySpec = serde_json::from_str(&out).unwrap();
     assert_eq!(back, s);
     // Defaults are left out when written back.
-    assert!(
-        out.contains(r#"{"name":"anyone","action":"deny"}"#),
-        "{out}"
-    );
+    assert!(out.contains(r#"{"name":"anyone","action":"deny"}"#), "{out}");
 
     let empty = serde_json::to_string(&PolicySpec::default()).unwrap();
     assert_eq!(empty, r#"{"default":"deny","rules":[]}"#);

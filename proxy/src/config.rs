@@ -325,10 +325,8 @@ fn parse_message(e: &serde_saphyr::Error) -> String {
     let text = e.to_string();
     let mut msg = text.lines().next().unwrap_or("invalid YAML").trim();
     msg = msg.strip_prefix("error: ").unwrap_or(msg);
-    if let Some(rest) = msg.strip_prefix("line ") {
-        if let Some((_, after)) = rest.split_once(": ") {
-            msg = after;
-        }
+    if let Some((_, after)) = msg.strip_prefix("line ").and_then(|rest| rest.split_once(": ")) {
+        msg = after;
     }
     msg.to_owned()
 }

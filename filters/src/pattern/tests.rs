@@ -163,12 +163,7 @@ fn wildcards_must_be_whole_segments() {
 fn double_star_only_last() {
     for bad in ["spiffe://a.org/**/x", "/**/api", "/a/**/"] {
         let err = Pattern::parse(bad).unwrap_err();
-        assert_eq!(
-            err,
-            PatternError::DoubleStarNotLast {
-                pattern: bad.into()
-            }
-        );
+        assert_eq!(err, PatternError::DoubleStarNotLast { pattern: bad.into() });
         assert!(err.to_string().contains("final `/**`"), "{err}");
     }
 }
@@ -186,10 +181,7 @@ fn spiffe_context_errors() {
         ("spiffe://**", "must be a name or `*`"),
         ("spiffe://A.org/x", "lowercase letters"),
         ("spiffe://a.org:443/x", "lowercase letters"),
-        (
-            "spiffe://a.org/",
-            "is empty; remove the doubled or trailing `/`",
-        ),
+        ("spiffe://a.org/", "is empty; remove the doubled or trailing `/`"),
         ("spiffe://a.org/x//y", "is empty"),
         ("spiffe://a.org/x/../y", "dot segment"),
         ("spiffe://a.org/x%20y", "may only use letters"),
@@ -259,8 +251,7 @@ fn serde_strings() {
     let p: Pattern = serde_json::from_str(r#""a/*""#).unwrap();
     assert_eq!(serde_json::to_string(&p).unwrap(), r#""a/*""#);
 
-    let ids: Vec<IdPattern> =
-        serde_json::from_str(r#"["spiffe://a.org/**", "spiffe://*/x"]"#).unwrap();
+    let ids: Vec<IdPattern> = serde_json::from_str(r#"["spiffe://a.org/**", "spiffe://*/x"]"#).unwrap();
     assert_eq!(
         serde_json::to_string(&ids).unwrap(),
         r#"["spiffe://a.org/**","spiffe://*/x"]"#
@@ -274,8 +265,6 @@ fn serde_strings() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("wildcards must be whole segments"), "{err}");
-    let err = serde_json::from_str::<PathPattern>("42")
-        .unwrap_err()
-        .to_string();
+    let err = serde_json::from_str::<PathPattern>("42").unwrap_err().to_string();
     assert!(err.contains("path pattern string"), "{err}");
 }

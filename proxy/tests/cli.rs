@@ -1,0 +1,78 @@
+//! The command line's own contract: every subcommand has --help with an example, and errors
+//! exit 1 with a message instead of a panic. (End-to-end proxy tests live in `tests/`.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+fn ward(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ward"))
+        .args(args)
+        .output()
+        .expect("run ward")
+}
+
+#[test]
+fn every_subcommand_has_help_with_an_example() {
+    for sub in [
+        &["run"][..],
+        &["check"],
+        &["demo"],
+        &["certs", "ca"],
+        &["certs", "issue"],
+        &["certs", "inspect"],
+    ] {
+        let mut args = sub.to_vec();
+        args.push("--help");
+        let out = ward(&args);
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("Example"),
+            "{args:?} --help has no example:\n{text}"
+        );
+    }
+    let out = ward(&["--help"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for sub in ["run", "check", "demo", "certs"] {
+        assert!(text.contains(sub), "ward --help does not list {sub}");
+    }
+}
+
+#[test]
+fn version_prints() {
+    let out = ward(&["--version"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ward "));
+}
+
+#[test]
+fn missing_config_is_a_clear_error() {
+    let out = ward(&["check", "-c", "/nonexistent/ward.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/nonexistent/ward.yaml") && err.contains("cannot read"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"));
+}
+
+#[test]
+fn bad_arguments_name_the_problem() {
+    let out = ward(&["certs", "ca", "--trust-domain", "Bad:Domain", "--out", "/tmp/x"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--trust-domain"), "{err}");
+    let out = ward(&[
+        "certs",
+        "issue",
+        "--ca",
+        "/nonexistent",
+        "--id",
+        "spiffe://a/b",
+        "--out",
+        "/tmp/x",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--ca"));
+}
