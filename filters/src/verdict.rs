@@ -36,6 +36,18 @@ pub enum Reason {
     DefaultDeny,
 }
 
+impl Reason {
+    /// The stable label used in audit records and metrics (`default_deny`, ...).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Reason::DenyRule => "deny_rule",
+            Reason::AllowRule => "allow_rule",
+            Reason::DefaultAllow => "default_allow",
+            Reason::DefaultDeny => "default_deny",
+        }
+    }
+}
+
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

@@ -94,7 +94,8 @@ impl ConnInfo {
 
     /// A policy verdict.
     pub fn authz(&self, verdict: &Verdict) -> Record {
-        let mut r = self.record(Kind::Authz, verdict.decision, verdict.reason.to_string());
+        let reason = format!("{}: {}", verdict.reason.label(), verdict.reason);
+        let mut r = self.record(Kind::Authz, verdict.decision, reason);
         r.rule = verdict.rule.clone();
         r.audit_rules = verdict.audit.clone();
         r

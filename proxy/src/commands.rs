@@ -56,7 +56,7 @@ fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, String> {
 fn run(path: &Path, workers: usize) -> Result<(), String> {
     let config = Config::load(path).map_err(|e| format!("invalid config:\n{e}"))?;
     init_logging(&config.log);
-    let audit = AuditLog::open(&config.log.audit).map_err(|e| format!("log.audit: {e}"))?;
+    let audit = AuditLog::open(&config.log.audit.value).map_err(|e| format!("log.audit: {e}"))?;
     let effective = serde_json::to_value(&config).unwrap_or_default();
     tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %effective, "ward starting");
     runtime(workers)?.block_on(async {

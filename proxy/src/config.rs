@@ -201,17 +201,31 @@ pub enum LogFormat {
     Text,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     #[serde(default)]
     pub format: LogFormat,
     /// `stderr` (default), `stdout`, or a file path.
-    #[serde(default)]
-    pub audit: AuditTarget,
+    #[serde(default = "default_audit")]
+    pub audit: Spanned<AuditTarget>,
     /// A tracing filter such as `info` or `ward=debug`; RUST_LOG wins when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub level: Option<String>,
+}
+
+fn default_audit() -> Spanned<AuditTarget> {
+    Spanned::new(AuditTarget::Stderr, Location::UNKNOWN, Location::UNKNOWN)
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::default(),
+            audit: default_audit(),
+            level: None,
+        }
+    }
 }
 
 /// Where audit and access records go.
@@ -358,7 +372,34 @@ impl Config {
                 message: format!("cannot read the config file: {e}"),
             }],
         })?;
-        Config::parse(&text, &file)
+        let mut config = Config::parse(&text, &file)?;
+        if let Some(dir) = path.parent() {
+            config.resolve_paths(dir);
+        }
+        Ok(config)
+    }
+
+    /// Makes relative file paths relative to the config file's directory, so a config means
+    /// the same whatever directory ward is started from.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        let id = &mut self.identity.value;
+        if let Some(files) = &mut id.files {
+            fix(&mut files.cert.value);
+            fix(&mut files.key.value);
+            fix(&mut files.bundle.value);
+        }
+        if let Some(ca) = id.dev.as_mut().and_then(|d| d.ca.as_mut()) {
+            fix(ca);
+        }
+        id.federation.values_mut().for_each(fix);
+        if let AuditTarget::File(p) = &mut self.log.audit.value {
+            fix(p);
+        }
     }
 
     /// Checks what types cannot: references, uniqueness, files. Reports every problem.
@@ -519,12 +560,12 @@ impl Config {
                 "no listeners: add at least one entry under `inbound` or `outbound`",
             );
         }
-        if let AuditTarget::File(path) = &self.log.audit
+        if let AuditTarget::File(path) = &self.log.audit.value
             && let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
             && !dir.is_dir()
         {
             p.at(
-                Location::UNKNOWN,
+                self.log.audit.referenced,
                 format!("log.audit: directory {} does not exist", dir.display()),
             );
         }
@@ -536,5 +577,129 @@ impl Config {
         let config = Config::read(path)?;
         config.check(&path.display().to_string())?;
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+identity:
+  dev: {id: "spiffe://example.org/ns/default/sa/web", ttl: 1h}
+  federation:
+    partner.org: partner.pem
+inbound:
+  - name: web
+    listen: 0.0.0.0:15006
+    forward: 127.0.0.1:8080
+    protocol: tcp
+    mtls: permissive
+    policy: web
+outbound:
+  - name: backend
+    listen: 127.0.0.1:15001
+    forward: 10.0.0.7:15006
+    server_id: spiffe://example.org/ns/default/sa/backend
+policies:
+  web:
+    default: deny
+    rules:
+      - name: frontend-reads
+        action: allow
+        from: [spiffe://example.org/ns/default/sa/frontend]
+admin:
+  listen: 127.0.0.1:15000
+log:
+  format: json
+  audit: /var/log/ward/audit.log
+handshake_timeout: 3s
+"#;
+
+    #[test]
+    fn example_parses_with_defaults() {
+        let c = Config::parse(EXAMPLE, "ward.yaml").unwrap();
+        let ib = &c.inbound[0].value;
+        assert_eq!(ib.mtls, Mtls::Permissive);
+        assert_eq!(c.outbound[0].value.protocol, Protocol::Auto);
+        assert_eq!(c.handshake_timeout, Duration::from_secs(3));
+        assert_eq!(c.connect_timeout, Duration::from_secs(5));
+        assert_eq!(
+            c.log.audit.value,
+            AuditTarget::File("/var/log/ward/audit.log".into())
+        );
+        assert_eq!(c.inbound[0].referenced.line(), 7);
+        assert_eq!(
+            c.identity.value.dev.as_ref().unwrap().ttl,
+            Duration::from_secs(3600)
+        );
+    }
+
+    #[test]
+    fn relative_paths_follow_the_config_file() {
+        let mut c = Config::parse(EXAMPLE, "ward.yaml").unwrap();
+        c.resolve_paths(Path::new("/etc/ward"));
+        assert_eq!(
+            c.identity.value.federation["partner.org"],
+            PathBuf::from("/etc/ward/partner.pem")
+        );
+        assert_eq!(
+            c.log.audit.value,
+            AuditTarget::File("/var/log/ward/audit.log".into())
+        );
+    }
+
+    #[test]
+    fn parse_errors_have_places() {
+        let bad = EXAMPLE.replace("    forward: 127.0.0.1:8080", "    forwad: 127.0.0.1:8080");
+        let e = Config::parse(&bad, "ward.yaml").unwrap_err();
+        let p = &e.problems[0];
+        assert_eq!((p.line, p.file.as_str()), (9, "ward.yaml"));
+        assert!(p.message.contains("unknown field `forwad`"), "{}", p.message);
+        assert!(e.to_string().starts_with("ward.yaml:9:"), "{e}");
+
+        let bad = EXAMPLE.replace("handshake_timeout: 3s", "handshake_timeout: soon");
+        let e = Config::parse(&bad, "ward.yaml").unwrap_err();
+        assert!(e.problems[0].message.contains("not a duration"), "{e}");
+
+        let bad = EXAMPLE.replace("listen: 0.0.0.0:15006", "listen: localhost:15006");
+        let e = Config::parse(&bad, "ward.yaml").unwrap_err();
+        assert!(e.problems[0].message.contains("IP:port"), "{e}");
+    }
+
+    #[test]
+    fn check_reports_every_problem() {
+        let bad = EXAMPLE
+            .replace("    policy: web", "    policy: nope")
+            .replace(
+                "server_id: spiffe://example.org/ns/default/sa/backend",
+                "server_id: spiffe://example.org/ns/a*",
+            )
+            .replace("listen: 127.0.0.1:15001", "listen: 0.0.0.0:15006");
+        let c = Config::parse(&bad, "ward.yaml").unwrap();
+        let e = c.check("ward.yaml").unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("policy \"nope\" is not defined"), "{text}");
+        assert!(text.contains("wildcards must be whole segments"), "{text}");
+        assert!(text.contains("0.0.0.0:15006 is used twice"), "{text}");
+        assert!(text.contains("partner.pem"), "{text}");
+        assert!(e.problems.iter().all(|p| p.line > 0), "{text}");
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        for text in [
+            "",
+            "[",
+            "{{{{",
+            "identity: 3",
+            "\u{0}\u{1}",
+            "a: &x [*x]",
+            "- - - -",
+            "identity:\n  dev: {id: 5}",
+        ] {
+            let _ = Config::parse(text, "x.yaml");
+        }
     }
 }
