@@ -27,5 +27,6 @@ fn rule(name: &str, id: &str) -> RuleSpec {
         unauthenticated: false,
         methods: Vec::new(),
         paths: Vec::new(),
+        headers: Vec::new(),
     }
 }

@@ -4,10 +4,14 @@
 //! Pure: no sockets, files, clocks or TLS. The proxy hands in the peer's SPIFFE ID (already
 //! verified) and, for HTTP, the method and the normalized path.
 
+pub mod normalize;
 pub mod pattern;
 pub mod policy;
 pub mod verdict;
 
+pub use normalize::{PathError, normalize_path};
 pub use pattern::{IdPattern, PathPattern, Pattern, PatternError};
-pub use policy::{Action, DefaultAction, Peer, Policy, PolicyError, PolicySpec, RuleSpec};
+pub use policy::{
+    Action, DefaultAction, HeaderSpec, Headers, Peer, Policy, PolicyError, PolicySpec, Request, RuleSpec,
+};
 pub use verdict::{Decision, DecisionRecord, Reason, Verdict};

@@ -11,7 +11,7 @@ use std::fmt;
 use std::sync::Arc;
 
 pub use compile::PolicyError;
-pub use spec::{Action, DefaultAction, PolicySpec, RuleSpec};
+pub use spec::{Action, DefaultAction, HeaderSpec, PolicySpec, RuleSpec};
 
 use crate::pattern::{IdPattern, PathPattern};
 use crate::verdict::{Decision, Reason, Verdict};
@@ -69,11 +69,89 @@ struct Rule {
     methods: Box<[Box<str>]>,
     /// Empty: any path.
     paths: Box<[PathPattern]>,
+    /// All must hold; empty: no header condition.
+    headers: Box<[HeaderMatch]>,
+}
+
+/// A compiled header condition; names are lowercase.
+#[derive(Clone, Debug)]
+enum HeaderMatch {
+    Exact(Box<str>, Box<str>),
+    Present(Box<str>),
+    Absent(Box<str>),
+}
+
+impl HeaderMatch {
+    fn holds(&self, headers: &dyn Headers) -> bool {
+        match self {
+            HeaderMatch::Exact(name, value) => headers.has_value(name, value.as_bytes()),
+            HeaderMatch::Present(name) => headers.has(name),
+            HeaderMatch::Absent(name) => !headers.has(name),
+        }
+    }
+}
+
+/// Read access to a request's headers; names are passed lowercase.
+pub trait Headers {
+    /// Whether a header of this name is present.
+    fn has(&self, name: &str) -> bool;
+    /// Whether any value of this header equals `value` exactly.
+    fn has_value(&self, name: &str, value: &[u8]) -> bool;
+}
+
+/// No headers at all.
+impl Headers for () {
+    fn has(&self, _: &str) -> bool {
+        false
+    }
+    fn has_value(&self, _: &str, _: &[u8]) -> bool {
+        false
+    }
+}
+
+/// Name/value pairs (names compared case-insensitively), for tests and tools.
+impl Headers for &[(&str, &str)] {
+    fn has(&self, name: &str) -> bool {
+        self.iter().any(|(n, _)| n.eq_ignore_ascii_case(name))
+    }
+    fn has_value(&self, name: &str, value: &[u8]) -> bool {
+        self.iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case(name) && v.as_bytes() == value)
+    }
+}
+
+/// What per-request policy looks at.
+#[derive(Clone, Copy)]
+pub struct Request<'a> {
+    pub method: &'a str,
+    /// Normalized (see [`crate::normalize_path`]), without the query.
+    pub path: &'a str,
+    pub headers: &'a dyn Headers,
+}
+
+impl<'a> Request<'a> {
+    /// A request without headers.
+    pub fn new(method: &'a str, path: &'a str) -> Self {
+        Request {
+            method,
+            path,
+            headers: &(),
+        }
+    }
+}
+
+impl fmt::Debug for Request<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Request")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Rule {
     fn http_only(&self) -> bool {
-        !self.methods.is_empty() || !self.paths.is_empty()
+        !self.methods.is_empty() || !self.paths.is_empty() || !self.headers.is_empty()
     }
 
     fn matches_peer(&self, peer: Peer<'_>) -> bool {
@@ -85,9 +163,10 @@ impl Rule {
         }
     }
 
-    fn matches_request(&self, method: &str, path: &str) -> bool {
-        (self.methods.is_empty() || self.methods.iter().any(|m| **m == *method))
-            && (self.paths.is_empty() || self.paths.iter().any(|p| p.matches(path)))
+    fn matches_request(&self, req: &Request<'_>) -> bool {
+        (self.methods.is_empty() || self.methods.iter().any(|m| **m == *req.method))
+            && (self.paths.is_empty() || self.paths.iter().any(|p| p.matches(req.path)))
+            && self.headers.iter().all(|h| h.holds(req.headers))
     }
 }
 
@@ -116,12 +195,12 @@ impl Policy {
         )
     }
 
-    /// The verdict for one HTTP request; `path` is already normalized and has no query.
-    pub fn evaluate_request(&self, peer: Peer<'_>, method: &str, path: &str) -> Verdict {
+    /// The verdict for one HTTP request; its path is already normalized and has no query.
+    pub fn evaluate_request(&self, peer: Peer<'_>, req: &Request<'_>) -> Verdict {
         self.decide(
             self.rules
                 .iter()
-                .filter(|r| r.matches_peer(peer) && r.matches_request(method, path)),
+                .filter(|r| r.matches_peer(peer) && r.matches_request(req)),
         )
     }
 

@@ -1,7 +1,9 @@
 //! Policy compilation and evaluation, from specs written as JSON (YAML lives in the proxy).
 #![allow(clippy::unwrap_used)]
 
-use ward_filters::{Action, Decision, DefaultAction, Peer, Policy, PolicyError, PolicySpec, Reason, Verdict};
+use ward_filters::{
+    Action, Decision, DefaultAction, Peer, Policy, PolicyError, PolicySpec, Reason, Request, Verdict,
+};
 
 const FRONTEND: Peer<'static> = Peer::Authenticated("spiffe://example.org/ns/default/sa/frontend");
 const BATCH: Peer<'static> = Peer::Authenticated("spiffe://example.org/ns/jobs/sa/batch");
@@ -50,7 +52,7 @@ fn default_allow() {
         p.evaluate_connection(PLAIN),
         verdict(Decision::Allow, None, Reason::DefaultAllow, &[])
     );
-    assert!(p.evaluate_request(BATCH, "GET", "/").is_allowed());
+    assert!(p.evaluate_request(BATCH, &Request::new("GET", "/")).is_allowed());
     assert!(p.may_allow_requests(PLAIN));
 }
 
@@ -129,7 +131,7 @@ fn audit_never_changes_the_decision_but_is_listed() {
 
     // An audit-only policy decides exactly as the empty one.
     let only_audit = policy(r#"{"default": "allow", "rules": [{"name": "a", "action": "audit"}]}"#);
-    let v = only_audit.evaluate_request(FRONTEND, "POST", "/x");
+    let v = only_audit.evaluate_request(FRONTEND, &Request::new("POST", "/x"));
     assert_eq!(v, verdict(Decision::Allow, None, Reason::DefaultAllow, &["a"]));
     // Audit rules never make a peer look allowable.
     assert!(!policy(r#"{"rules": [{"name": "a", "action": "audit"}]}"#).may_allow_requests(BATCH));
@@ -211,42 +213,54 @@ fn http_rules_apply_per_request() {
     let default_deny = |audit: &[&str]| verdict(Decision::Deny, None, Reason::DefaultDeny, audit);
 
     assert_eq!(
-        p.evaluate_request(FRONTEND, "GET", "/api/users"),
+        p.evaluate_request(FRONTEND, &Request::new("GET", "/api/users")),
         allow("frontend-reads", &[])
     );
     assert_eq!(
-        p.evaluate_request(FRONTEND, "HEAD", "/health"),
+        p.evaluate_request(FRONTEND, &Request::new("HEAD", "/health")),
         allow("frontend-reads", &[])
     );
     // Methods were uppercased at compile time and compare case-sensitively.
     assert_eq!(
-        p.evaluate_request(FRONTEND, "get", "/api/users"),
+        p.evaluate_request(FRONTEND, &Request::new("get", "/api/users")),
         default_deny(&[])
     );
     assert_eq!(
-        p.evaluate_request(FRONTEND, "POST", "/api/users"),
+        p.evaluate_request(FRONTEND, &Request::new("POST", "/api/users")),
         default_deny(&["audit-writes"])
     );
     assert_eq!(
-        p.evaluate_request(FRONTEND, "GET", "/api/users/1"),
+        p.evaluate_request(FRONTEND, &Request::new("GET", "/api/users/1")),
         default_deny(&[])
     );
-    assert_eq!(p.evaluate_request(FRONTEND, "GET", "/api/"), default_deny(&[]));
-    assert_eq!(p.evaluate_request(FRONTEND, "GET", "/healthz"), default_deny(&[]));
+    assert_eq!(
+        p.evaluate_request(FRONTEND, &Request::new("GET", "/api/")),
+        default_deny(&[])
+    );
+    assert_eq!(
+        p.evaluate_request(FRONTEND, &Request::new("GET", "/healthz")),
+        default_deny(&[])
+    );
 
     // A non-HTTP allow rule covers every request; an HTTP deny rule still beats it.
     assert_eq!(
-        p.evaluate_request(BATCH, "DELETE", "/api/x"),
+        p.evaluate_request(BATCH, &Request::new("DELETE", "/api/x")),
         allow("jobs", &["audit-writes"])
     );
     assert_eq!(
-        p.evaluate_request(BATCH, "GET", "/admin/users"),
+        p.evaluate_request(BATCH, &Request::new("GET", "/admin/users")),
         verdict(Decision::Deny, Some("no-admin"), Reason::DenyRule, &[])
     );
-    assert_eq!(p.evaluate_request(BATCH, "GET", "/admin"), allow("jobs", &[]));
+    assert_eq!(
+        p.evaluate_request(BATCH, &Request::new("GET", "/admin")),
+        allow("jobs", &[])
+    );
 
     // Rules without `from` never match unauthenticated peers, even per request.
-    assert_eq!(p.evaluate_request(PLAIN, "GET", "/admin/x"), default_deny(&[]));
+    assert_eq!(
+        p.evaluate_request(PLAIN, &Request::new("GET", "/admin/x")),
+        default_deny(&[])
+    );
 }
 
 #[test]
@@ -260,8 +274,8 @@ fn deny_rule_blocks_http_listener_up_front_only_when_not_http_only() {
     );
     assert!(!p.may_allow_requests(PARTNER));
     assert!(p.may_allow_requests(BATCH));
-    assert!(!p.evaluate_request(BATCH, "POST", "/").is_allowed());
-    assert!(p.evaluate_request(BATCH, "GET", "/").is_allowed());
+    assert!(!p.evaluate_request(BATCH, &Request::new("POST", "/")).is_allowed());
+    assert!(p.evaluate_request(BATCH, &Request::new("GET", "/")).is_allowed());
 }
 
 #[test]
@@ -274,7 +288,7 @@ fn policy_is_cheap_to_share() {
         v1.rule.as_ref().unwrap(),
         v2.rule.as_ref().unwrap()
     ));
-    std::thread::spawn(move || q.evaluate_request(FRONTEND, "GET", "/api/x"))
+    std::thread::spawn(move || q.evaluate_request(FRONTEND, &Request::new("GET", "/api/x")))
         .join()
         .unwrap();
 }
@@ -418,4 +432,56 @@ fn spec_round_trips_through_json() {
 
     let empty = serde_json::to_string(&PolicySpec::default()).unwrap();
     assert_eq!(empty, r#"{"default":"deny","rules":[]}"#);
+}
+
+#[test]
+fn header_conditions_exact_presence_absence() {
+    let spec: PolicySpec = serde_json::from_str(
+        r#"{"rules":[
+            {"name":"canary","action":"deny","headers":[{"name":"X-Canary","value":"evil"}]},
+            {"name":"tenant","action":"allow","headers":[{"name":"x-tenant","present":true},{"name":"x-debug","present":false}]}
+        ]}"#,
+    )
+    .unwrap();
+    let p = Policy::compile("h", &spec).unwrap();
+    let req = |h: &[(&str, &str)]| {
+        let r = Request {
+            method: "GET",
+            path: "/",
+            headers: &h,
+        };
+        p.evaluate_request(FRONTEND, &r)
+    };
+    assert!(req(&[("x-tenant", "a")]).is_allowed());
+    assert!(
+        req(&[("X-Tenant", "a")]).is_allowed(),
+        "names are case-insensitive"
+    );
+    assert!(!req(&[]).is_allowed(), "a required header is missing");
+    assert!(
+        !req(&[("x-tenant", "a"), ("x-debug", "1")]).is_allowed(),
+        "a forbidden header is present"
+    );
+    let v = req(&[("x-tenant", "a"), ("x-canary", "evil")]);
+    assert_eq!(v.rule.as_deref(), Some("canary"), "deny beats allow");
+    assert!(
+        req(&[("x-tenant", "a"), ("x-canary", "EVIL")]).is_allowed(),
+        "values compare exactly"
+    );
+    // Header rules are HTTP-only: skipped at connection level.
+    assert!(!p.evaluate_connection(FRONTEND).is_allowed());
+}
+
+#[test]
+fn malformed_header_conditions_are_refused() {
+    for bad in [
+        r#"{"rules":[{"name":"a","action":"allow","headers":[{"name":"x"}]}]}"#,
+        r#"{"rules":[{"name":"a","action":"allow","headers":[{"name":"bad name","present":true}]}]}"#,
+        r#"{"rules":[{"name":"a","action":"allow","headers":[{"name":"x","value":"v","present":false}]}]}"#,
+    ] {
+        let spec: PolicySpec = serde_json::from_str(bad).unwrap();
+        let e = Policy::compile("h", &spec).unwrap_err();
+        assert!(matches!(e, PolicyError::InvalidHeader { .. }), "{e}");
+        assert!(e.to_string().contains("policy \"h\""), "{e}");
+    }
 }

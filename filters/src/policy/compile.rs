@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use thiserror::Error;
 
 use super::spec::RuleSpec;
-use super::{Peers, Rule};
+use super::{HeaderMatch, Peers, Rule};
 
 /// Why a policy does not compile; the message names the policy and rule and says what to fix.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -37,6 +37,14 @@ pub enum PolicyError {
         policy: String,
         rule: String,
         method: String,
+    },
+    /// A header condition that is malformed.
+    #[error("policy \"{policy}\", rule \"{rule}\": header condition {header:?}: {problem}")]
+    InvalidHeader {
+        policy: String,
+        rule: String,
+        header: String,
+        problem: &'static str,
     },
 }
 
@@ -84,12 +92,36 @@ pub(super) fn rules(policy: &str, specs: &[RuleSpec]) -> Result<Vec<Rule>, Polic
                 methods.push(upper.into());
             }
         }
+        let mut headers = Vec::with_capacity(spec.headers.len());
+        for h in &spec.headers {
+            let bad = |problem| {
+                let (policy, rule) = err_rule();
+                PolicyError::InvalidHeader {
+                    policy,
+                    rule,
+                    header: h.name.clone(),
+                    problem,
+                }
+            };
+            if !is_token(&h.name) {
+                return Err(bad("the name is not an HTTP header name"));
+            }
+            let name: Box<str> = h.name.to_ascii_lowercase().into();
+            headers.push(match (&h.value, h.present) {
+                (Some(v), None | Some(true)) => HeaderMatch::Exact(name, v.as_str().into()),
+                (None, Some(true)) => HeaderMatch::Present(name),
+                (None, Some(false)) => HeaderMatch::Absent(name),
+                (None, None) => return Err(bad("give `value: ...` (exact match) or `present: true|false`")),
+                (Some(_), Some(false)) => return Err(bad("`value` and `present: false` exclude each other")),
+            });
+        }
         rules.push(Rule {
             name: spec.name.as_str().into(),
             action: spec.action,
             peers,
             methods: methods.into(),
             paths: spec.paths.clone().into(),
+            headers: headers.into(),
         });
     }
     Ok(rules)

@@ -56,6 +56,22 @@ pub struct RuleSpec {
     /// Normalized request path patterns (HTTP-only rule); empty: any path.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub paths: Vec<PathPattern>,
+    /// Request header conditions (HTTP-only rule); all must hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderSpec>,
+}
+
+/// One header condition: an exact value, or presence (`present: true`) / absence
+/// (`present: false`).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderSpec {
+    /// Header name, case-insensitive.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub present: Option<bool>,
 }
 
 fn is_false(b: &bool) -> bool {
