@@ -37,6 +37,12 @@ pub enum IdentityError {
     Tls(String),
     #[error("{0}")]
     Source(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(
+        "the SVID is for trust domain {got:?} but ward serves {want:?}; a trust domain cannot change while ward runs (restart it to move)"
+    )]
+    WrongTrustDomain { got: String, want: String },
 }
 
 impl IdentityError {
@@ -53,8 +59,26 @@ impl IdentityError {
             IdentityError::Chain(_) => "untrusted",
             IdentityError::Tls(_) => "tls",
             IdentityError::Source(_) => "source",
+            IdentityError::Unavailable(_) => "unavailable",
+            IdentityError::WrongTrustDomain { .. } => "wrong_trust_domain",
         }
     }
+
+    /// Every label [`IdentityError::reason`] can return, in a fixed order (for counters).
+    pub const REASONS: [&'static str; 12] = [
+        "unreadable",
+        "bad_bundle",
+        "invalid_svid",
+        "key_mismatch",
+        "bad_key",
+        "no_own_bundle",
+        "expired",
+        "untrusted",
+        "tls",
+        "source",
+        "unavailable",
+        "wrong_trust_domain",
+    ];
 }
 
 /// The crypto provider ward uses everywhere: aws-lc-rs.
@@ -145,8 +169,14 @@ pub struct TlsOptions {
 #[derive(Debug)]
 pub struct TlsConfigs {
     pub identity: Arc<Identity>,
+    /// Inbound, no ALPN: opaque TCP listeners.
     pub server: Arc<ServerConfig>,
+    /// Outbound, no ALPN: opaque TCP.
     pub client: Arc<ClientConfig>,
+    /// Inbound offering ALPN `h2` and `http/1.1`: HTTP and protocol-detecting listeners.
+    pub server_http: Arc<ServerConfig>,
+    /// Outbound offering ALPN `h2` only: sidecar-to-sidecar HTTP is always multiplexed HTTP/2.
+    pub client_h2: Arc<ClientConfig>,
 }
 
 impl TlsConfigs {
@@ -176,10 +206,16 @@ impl TlsConfigs {
             .with_custom_certificate_verifier(server_verifier)
             .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(identity.certified.clone())));
         client.alpn_protocols = opts.alpn.clone();
+        let mut server_http = server.clone();
+        server_http.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let mut client_h2 = client.clone();
+        client_h2.alpn_protocols = vec![b"h2".to_vec()];
         Ok(TlsConfigs {
             identity,
             server: Arc::new(server),
             client: Arc::new(client),
+            server_http: Arc::new(server_http),
+            client_h2: Arc::new(client_h2),
         })
     }
 }

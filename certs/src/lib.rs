@@ -1,5 +1,5 @@
 //! ward-certs: SPIFFE IDs, X.509-SVID validation, trust bundles per trust domain, identity
-//! sources (files, dev CA), and the rustls configs ward builds once per identity.
+//! sources (files, SPIFFE Workload API, dev CA), and the rustls configs ward builds once per identity.
 //!
 //! This crate knows nothing of policy: it answers "who is this peer, and can we prove it".
 
@@ -16,7 +16,10 @@ pub mod verify;
 pub use bundle::{BundleError, BundleSet, TrustBundle};
 pub use devca::{DevCa, DevCaError, IssuedSvid};
 pub use identity::{Identity, IdentityError, TlsConfigs, TlsOptions, peer_id_of, provider};
-pub use source::{DevSource, Federation, FilesSource, IdentityUpdates};
+pub use source::{
+    Backoff, DevSource, Federation, FilesLayout, FilesSource, FilesTiming, IdentityUpdates, Reload,
+    WorkloadApiSource,
+};
 pub use spiffe_id::{IdError, SpiffeId, TrustDomain};
 pub use store::{CredentialStore, UpdateResult};
 pub use svid::{SvidError, SvidInfo};

@@ -12,6 +12,7 @@ pub mod verdict;
 pub use normalize::{PathError, normalize_path};
 pub use pattern::{IdPattern, PathPattern, Pattern, PatternError};
 pub use policy::{
-    Action, DefaultAction, HeaderSpec, Headers, Peer, Policy, PolicyError, PolicySpec, Request, RuleSpec,
+    Action, DefaultAction, Explanation, HeaderSpec, Headers, Peer, Policy, PolicyError, PolicySpec, Request,
+    RuleExplanation, RuleSpec,
 };
 pub use verdict::{Decision, DecisionRecord, Reason, Verdict};

@@ -81,6 +81,32 @@ enum HeaderMatch {
     Absent(Box<str>),
 }
 
+impl fmt::Display for HeaderMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HeaderMatch::Exact(n, v) => write!(f, "{n}: {v}"),
+            HeaderMatch::Present(n) => write!(f, "{n} present"),
+            HeaderMatch::Absent(n) => write!(f, "{n} absent"),
+        }
+    }
+}
+
+/// The answer of [`Policy::explain`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Explanation {
+    pub verdict: Verdict,
+    pub rules: Vec<RuleExplanation>,
+}
+
+/// One rule's part in an [`Explanation`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RuleExplanation {
+    pub name: Arc<str>,
+    pub action: Action,
+    /// `None`: the rule matched.
+    pub why_not: Option<String>,
+}
+
 impl HeaderMatch {
     fn holds(&self, headers: &dyn Headers) -> bool {
         match self {
@@ -163,6 +189,41 @@ impl Rule {
         }
     }
 
+    /// `None` when the rule matches; otherwise the first reason it does not.
+    fn why_not(&self, peer: Peer<'_>, req: Option<&Request<'_>>) -> Option<String> {
+        if !self.matches_peer(peer) {
+            return Some(match (&self.peers, peer) {
+                (Peers::Unauthenticated, _) => "covers only unauthenticated peers".into(),
+                (_, Peer::Unauthenticated) => "covers only authenticated peers".into(),
+                (Peers::Matching(p), _) => format!(
+                    "the peer matches none of `from`: {}",
+                    p.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+                (Peers::AnyAuthenticated, _) => "the peer is not authenticated".into(),
+            });
+        }
+        let Some(req) = req else {
+            return self.http_only().then(|| {
+                "HTTP-only rule (methods/paths/headers); not used for a connection-level decision".into()
+            });
+        };
+        if !(self.methods.is_empty() || self.methods.iter().any(|m| **m == *req.method)) {
+            return Some(format!(
+                "method {} is not one of {}",
+                req.method,
+                self.methods.join(", ")
+            ));
+        }
+        if !(self.paths.is_empty() || self.paths.iter().any(|p| p.matches(req.path))) {
+            let paths: Vec<&str> = self.paths.iter().map(|p| p.as_str()).collect();
+            return Some(format!("path {} matches none of {}", req.path, paths.join(", ")));
+        }
+        if let Some(h) = self.headers.iter().find(|h| !h.holds(req.headers)) {
+            return Some(format!("header condition {h} does not hold"));
+        }
+        None
+    }
+
     fn matches_request(&self, req: &Request<'_>) -> bool {
         (self.methods.is_empty() || self.methods.iter().any(|m| **m == *req.method))
             && (self.paths.is_empty() || self.paths.iter().any(|p| p.matches(req.path)))
@@ -215,6 +276,25 @@ impl Policy {
             return false;
         }
         self.default == DefaultAction::Allow || matching.any(|r| r.action == Action::Allow)
+    }
+
+    /// The verdict and, for every rule in order, whether it matched and if not, why not.
+    /// `req` is `None` for a connection-level question (HTTP-only rules are then skipped).
+    pub fn explain(&self, peer: Peer<'_>, req: Option<&Request<'_>>) -> Explanation {
+        let verdict = match req {
+            Some(r) => self.evaluate_request(peer, r),
+            None => self.evaluate_connection(peer),
+        };
+        let rules = self
+            .rules
+            .iter()
+            .map(|rule| RuleExplanation {
+                name: rule.name.clone(),
+                action: rule.action,
+                why_not: rule.why_not(peer, req),
+            })
+            .collect();
+        Explanation { verdict, rules }
     }
 
     fn decide<'r>(&self, matching: impl Iterator<Item = &'r Rule>) -> Verdict {

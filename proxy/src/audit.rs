@@ -32,6 +32,8 @@ pub enum Kind {
     Authz,
     /// A connection ended: bytes, duration and outcome.
     Access,
+    /// One HTTP request: its policy decision, status, bytes and duration.
+    Request,
 }
 
 /// One line of the audit log. Every field is always present (null when it does not apply),
@@ -53,6 +55,10 @@ pub struct Record {
     pub bytes_in: Option<u64>,
     pub bytes_out: Option<u64>,
     pub duration_ms: Option<u64>,
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub authority: Option<String>,
+    pub status: Option<u16>,
 }
 
 /// The fields every record of one connection shares.
@@ -84,7 +90,22 @@ impl ConnInfo {
             bytes_in: None,
             bytes_out: None,
             duration_ms: None,
+            method: None,
+            path: None,
+            authority: None,
+            status: None,
         }
+    }
+
+    /// One HTTP request and the verdict it got; status, bytes and duration are filled in
+    /// when the response ends.
+    pub fn request(&self, verdict: &Verdict, method: &str, path: &str, authority: Option<&str>) -> Record {
+        let mut r = self.authz(verdict);
+        r.kind = Kind::Request;
+        r.method = Some(method.to_owned());
+        r.path = Some(path.to_owned());
+        r.authority = authority.map(str::to_owned);
+        r
     }
 
     /// A handshake that failed: always a deny.

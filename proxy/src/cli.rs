@@ -51,6 +51,41 @@ pub enum Command {
     /// Development certificates: a CA, SVIDs from it, and inspection of any certificate.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Ask a config's policies questions.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// The decision for a peer (and request) on a listener, the rule that made it, and why
+    /// each other rule did not match.
+    #[command(
+        after_help = "Examples:\n  ward policy explain -c ward.yaml --listener web --peer spiffe://example.org/ns/default/sa/frontend\n  ward policy explain -c ward.yaml --listener web --peer spiffe://example.org/ns/default/sa/frontend --method GET --path /api/users\n  ward policy explain -c ward.yaml --listener web --peer unauthenticated --method POST --path /login --header x-tenant:acme"
+    )]
+    Explain {
+        /// The config file.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// An inbound listener's name.
+        #[arg(long)]
+        listener: String,
+        /// The peer's SPIFFE ID, or `unauthenticated` for a plaintext peer.
+        #[arg(long)]
+        peer: String,
+        /// HTTP method (with --path: a request-level question).
+        #[arg(long)]
+        method: Option<String>,
+        /// HTTP path; normalized as ward normalizes it.
+        #[arg(long)]
+        path: Option<String>,
+        /// A request header, `name:value`; repeatable.
+        #[arg(long = "header", value_name = "NAME:VALUE")]
+        headers: Vec<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ward_certs::{BundleSet, DevCa, SpiffeId, SvidVerifier, TrustBundle, TrustDomain};
 
 use crate::audit::AuditLog;
-use crate::cli::{CertsCommand, Cli, Command};
+use crate::cli::{CertsCommand, Cli, Command, PolicyCommand};
 use crate::config::{Config, LogConfig, LogFormat};
 use crate::server;
 
@@ -19,6 +19,23 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Demo { keep } => crate::demo::run(keep),
         Command::Certs(cmd) => certs(cmd),
+        Command::Policy(PolicyCommand::Explain {
+            config,
+            listener,
+            peer,
+            method,
+            path,
+            headers,
+            json,
+        }) => explain(
+            &config,
+            &listener,
+            &peer,
+            method.as_deref(),
+            path.as_deref(),
+            &headers,
+            json,
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -198,4 +215,93 @@ fn inspect(file: &Path, bundle: Option<&Path>) -> Result<(), String> {
             Err(format!("{}: {e}", file.display()))
         }
     }
+}
+
+fn explain(
+    path: &Path,
+    listener: &str,
+    peer: &str,
+    method: Option<&str>,
+    req_path: Option<&str>,
+    headers: &[String],
+    json: bool,
+) -> Result<(), String> {
+    use ward_filters::{Peer, Policy, Request, normalize_path};
+    let config = Config::read(path).map_err(|e| e.to_string())?;
+    let Some(l) = config.inbound.iter().find(|l| l.value.name == listener) else {
+        let names: Vec<&str> = config.inbound.iter().map(|l| l.value.name.as_str()).collect();
+        return Err(format!(
+            "no inbound listener {listener:?} (inbound listeners: {})",
+            names.join(", ")
+        ));
+    };
+    let policy_name = &l.value.policy;
+    let spec = config
+        .policies
+        .get(policy_name)
+        .ok_or_else(|| format!("listener {listener:?} names policy {policy_name:?}, which is not defined"))?;
+    let policy = Policy::compile(policy_name, &spec.value).map_err(|e| e.to_string())?;
+    let peer_id = match peer {
+        "unauthenticated" => None,
+        id => Some(SpiffeId::parse(id).map_err(|e| format!("--peer {id:?}: {e}"))?),
+    };
+    let who = match &peer_id {
+        Some(id) => Peer::Authenticated(id.as_str()),
+        None => Peer::Unauthenticated,
+    };
+    let pairs: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|h| {
+            h.split_once(':')
+                .map(|(n, v)| (n.trim(), v.trim()))
+                .ok_or_else(|| format!("--header {h:?}: write it as name:value"))
+        })
+        .collect::<Result<_, _>>()?;
+    let pairs: &[(&str, &str)] = &pairs;
+    let normalized = match req_path {
+        Some(p) => Some(normalize_path(p).map_err(|e| format!("--path {p:?}: ward answers 400: {e}"))?),
+        None => None,
+    };
+    let method = method.map(str::to_ascii_uppercase);
+    let request = match (&method, &normalized) {
+        (None, None) => None,
+        (m, p) => Some(Request {
+            method: m.as_deref().unwrap_or("GET"),
+            path: p.as_deref().unwrap_or("/"),
+            headers: &pairs,
+        }),
+    };
+    let explanation = policy.explain(who, request.as_ref());
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&explanation).map_err(|e| e.to_string())?
+        );
+        return Ok(());
+    }
+    let v = &explanation.verdict;
+    let asked = match &request {
+        Some(r) => format!(", request {} {}", r.method, r.path),
+        None => String::new(),
+    };
+    println!("listener {listener} (policy {policy_name}), peer {who}{asked}");
+    match &v.rule {
+        Some(rule) => println!("decision: {} by rule {rule} ({})", v.decision, v.reason),
+        None => println!("decision: {} ({})", v.decision, v.reason),
+    }
+    println!("rules, in order:");
+    let width = explanation.rules.iter().map(|r| r.name.len()).max().unwrap_or(0);
+    for r in &explanation.rules {
+        let why = r.why_not.as_deref().unwrap_or("matches");
+        println!("  {:width$}  {:5}  {why}", r.name, r.action.to_string());
+    }
+    println!(
+        "default: {}",
+        if spec.value.default == ward_filters::DefaultAction::Allow {
+            "allow"
+        } else {
+            "deny"
+        }
+    );
+    Ok(())
 }

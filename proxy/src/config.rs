@@ -79,6 +79,14 @@ pub struct Config {
     /// How long connecting to a forward address may take.
     #[serde(default = "default_connect_timeout", with = "duration")]
     pub connect_timeout: Duration,
+    /// `protocol: auto`: how long to wait for the first bytes before treating a connection
+    /// as opaque TCP (server-first protocols send nothing).
+    #[serde(default = "default_detect_timeout", with = "duration")]
+    pub detect_timeout: Duration,
+}
+
+fn default_detect_timeout() -> Duration {
+    Duration::from_millis(500)
 }
 
 fn default_handshake_timeout() -> Duration {
@@ -93,23 +101,103 @@ fn default_connect_timeout() -> Duration {
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdentityConfig {
-    #[serde(default)]
-    pub files: Option<FilesConfig>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<Spanned<FilesConfig>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_api: Option<Spanned<WorkloadApiConfig>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dev: Option<DevConfig>,
     /// Anchors of other trust domains, one bundle file each, never merged.
     #[serde(default)]
     pub federation: BTreeMap<String, PathBuf>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+/// Identity files, watched and re-read when they change. One of: `cert` + `key` + `bundle`;
+/// `credential_bundle` (key and chain in one file) + `bundle`; or `dir` (auto-detected layout).
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilesConfig {
     /// Leaf first, then intermediates.
-    pub cert: Spanned<PathBuf>,
-    pub key: Spanned<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<Spanned<PathBuf>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<Spanned<PathBuf>>,
     /// Anchors of our own trust domain (PEM or SPIFFE JWKS).
-    pub bundle: Spanned<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<Spanned<PathBuf>>,
+    /// The private key and the chain in one PEM file (Kubernetes podCertificate projection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_bundle: Option<Spanned<PathBuf>>,
+    /// A directory whose layout is detected: svid.pem/svid_key.pem/bundle.pem (spiffe-helper),
+    /// tls.crt/tls.key/ca.crt (csi-driver-spiffe) or credentialbundle.pem (podCertificate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<Spanned<PathBuf>>,
+}
+
+/// The SPIFFE Workload API (a SPIRE agent).
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadApiConfig {
+    /// `unix:///run/spire/agent.sock` or `tcp://IP:port`; defaults to $SPIFFE_ENDPOINT_SOCKET.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
+    /// Take the SVID with this hint (default: the first SVID the API sends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+impl WorkloadApiConfig {
+    /// The endpoint to use: `socket`, else $SPIFFE_ENDPOINT_SOCKET.
+    pub fn endpoint(&self) -> Option<String> {
+        self.socket.clone().or_else(ward_certs::source::default_endpoint)
+    }
+}
+
+impl FilesConfig {
+    /// The layout these settings describe, if they describe exactly one.
+    pub fn layout(&self) -> Result<ward_certs::FilesLayout, String> {
+        use ward_certs::FilesLayout;
+        let path = |p: &Option<Spanned<PathBuf>>| p.as_ref().map(|p| p.value.clone());
+        let (cert, key, bundle, cred) = (
+            path(&self.cert),
+            path(&self.key),
+            path(&self.bundle),
+            path(&self.credential_bundle),
+        );
+        if let Some(dir) = path(&self.dir) {
+            if cert.is_some() || key.is_some() || bundle.is_some() || cred.is_some() {
+                return Err("identity.files: `dir` finds the files itself; remove cert, key, bundle and credential_bundle, or remove dir".into());
+            }
+            return Ok(FilesLayout::Dir(dir));
+        }
+        if let Some(credential) = cred {
+            if cert.is_some() || key.is_some() {
+                return Err("identity.files: `credential_bundle` holds both the key and the chain; remove cert and key".into());
+            }
+            let bundle = bundle.ok_or(
+                "identity.files.credential_bundle needs `bundle` beside it: the anchors of our own trust domain",
+            )?;
+            return Ok(FilesLayout::CredentialBundle { credential, bundle });
+        }
+        match (cert, key, bundle) {
+            (Some(cert), Some(key), Some(bundle)) => Ok(FilesLayout::Separate { cert, key, bundle }),
+            (cert, key, bundle) => {
+                let missing: Vec<&str> = [
+                    ("cert", cert.is_none()),
+                    ("key", key.is_none()),
+                    ("bundle", bundle.is_none()),
+                ]
+                .iter()
+                .filter(|(_, m)| *m)
+                .map(|(n, _)| *n)
+                .collect();
+                Err(format!(
+                    "identity.files needs cert, key and bundle (missing: {}), or credential_bundle and bundle, or dir",
+                    missing.join(", ")
+                ))
+            }
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -141,6 +229,18 @@ pub enum Protocol {
     Auto,
 }
 
+/// What the app behind an inbound listener speaks, for HTTP traffic.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AppProtocol {
+    /// HTTP/2 (h2c) for gRPC requests, HTTP/1.1 for the rest.
+    #[default]
+    Auto,
+    Http1,
+    /// h2c (prior knowledge) for every request.
+    Http2,
+}
+
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Mtls {
@@ -167,6 +267,16 @@ pub struct InboundConfig {
     pub policy: String,
     #[serde(default, with = "duration::option", skip_serializing_if = "Option::is_none")]
     pub handshake_timeout: Option<Duration>,
+    /// Set `x-forwarded-client-cert` toward the app (HTTP). A caller's copy is removed always.
+    #[serde(default = "yes")]
+    pub xfcc: bool,
+    /// What the app speaks for HTTP traffic.
+    #[serde(default)]
+    pub app_protocol: AppProtocol,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// An explicit outbound listener: plaintext from the app, mTLS to a peer's inbound.
@@ -389,9 +499,19 @@ impl Config {
         };
         let id = &mut self.identity.value;
         if let Some(files) = &mut id.files {
-            fix(&mut files.cert.value);
-            fix(&mut files.key.value);
-            fix(&mut files.bundle.value);
+            let files = &mut files.value;
+            for p in [
+                &mut files.cert,
+                &mut files.key,
+                &mut files.bundle,
+                &mut files.credential_bundle,
+                &mut files.dir,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                fix(&mut p.value);
+            }
         }
         if let Some(ca) = id.dev.as_mut().and_then(|d| d.ca.as_mut()) {
             fix(ca);
@@ -406,30 +526,85 @@ impl Config {
     pub fn check(&self, file: &str) -> Result<(), ConfigError> {
         let mut p = Problems::new(file);
         let id = &self.identity;
-        match (&id.value.files, &id.value.dev) {
-            (None, None) => p.at(
+        let sources = [
+            id.value.files.as_ref().map(|_| "files"),
+            id.value.workload_api.as_ref().map(|_| "workload_api"),
+            id.value.dev.as_ref().map(|_| "dev"),
+        ];
+        let sources: Vec<&str> = sources.into_iter().flatten().collect();
+        if sources.len() > 1 {
+            p.at(
                 id.referenced,
-                "identity needs a source: `files` (cert, key, bundle) or `dev`",
-            ),
-            (Some(_), Some(_)) => p.at(
+                format!(
+                    "identity has {} sources ({}); choose one",
+                    sources.len(),
+                    sources.join(", ")
+                ),
+            );
+        }
+        match (&id.value.files, &id.value.workload_api, &id.value.dev) {
+            (None, None, None) => p.at(
                 id.referenced,
-                "identity has both `files` and `dev`; choose one source",
+                "identity needs a source: `files` (cert, key, bundle; or dir), `workload_api` (socket) or `dev`",
             ),
-            (Some(files), None) => {
-                for (what, path) in [
-                    ("cert", &files.cert),
-                    ("key", &files.key),
-                    ("bundle", &files.bundle),
-                ] {
-                    if let Err(e) = std::fs::File::open(&path.value) {
+            (Some(files), _, _) => match files.value.layout() {
+                Err(e) => p.at(files.referenced, e),
+                Ok(_) => {
+                    let f = &files.value;
+                    for (what, path) in [
+                        ("cert", &f.cert),
+                        ("key", &f.key),
+                        ("bundle", &f.bundle),
+                        ("credential_bundle", &f.credential_bundle),
+                    ] {
+                        if let Some(path) = path
+                            && let Err(e) = std::fs::File::open(&path.value)
+                        {
+                            p.at(
+                                path.referenced,
+                                format!("identity.files.{what}: cannot read {}: {e}", path.value.display()),
+                            );
+                        }
+                    }
+                    if let Some(dir) = &f.dir
+                        && !dir.value.is_dir()
+                    {
                         p.at(
-                            path.referenced,
-                            format!("identity.files.{what}: cannot read {}: {e}", path.value.display()),
+                            dir.referenced,
+                            format!("identity.files.dir: {} is not a directory", dir.value.display()),
                         );
                     }
                 }
+            },
+            (None, Some(api), _) => {
+                let v = &api.value;
+                match v.endpoint() {
+                    None => p.at(
+                        api.referenced,
+                        format!(
+                            "identity.workload_api.socket is not set and neither is {}: set one, e.g. unix:///run/spire/agent.sock",
+                            ward_certs::source::ENDPOINT_ENV
+                        ),
+                    ),
+                    Some(endpoint) => {
+                        if let Err(e) = ward_certs::source::validate_endpoint(&endpoint) {
+                            let from = if v.socket.is_some() {
+                                "identity.workload_api.socket".to_owned()
+                            } else {
+                                format!("identity.workload_api (from {})", ward_certs::source::ENDPOINT_ENV)
+                            };
+                            p.at(api.referenced, format!("{from}: {e}"));
+                        }
+                    }
+                }
+                if v.hint.as_deref().is_some_and(|h| h.trim().is_empty()) {
+                    p.at(
+                        api.referenced,
+                        "identity.workload_api.hint is empty: remove it to take the first SVID",
+                    );
+                }
             }
-            (None, Some(dev)) => {
+            (None, None, Some(dev)) => {
                 if let Err(e) = ward_certs::SpiffeId::parse(&dev.id) {
                     p.at(id.referenced, format!("identity.dev.id {:?}: {e}", dev.id));
                 }
@@ -526,15 +701,6 @@ impl Config {
                     ),
                 );
             }
-            if v.protocol == Protocol::Http {
-                p.at(
-                    l.referenced,
-                    format!(
-                        "inbound {:?}: protocol http is not supported yet; use tcp",
-                        v.name
-                    ),
-                );
-            }
         }
         for l in &self.outbound {
             let v = &l.value;
@@ -542,15 +708,6 @@ impl Config {
                 p.at(
                     l.referenced,
                     format!("outbound {:?}: server_id {:?}: {e}", v.name, v.server_id),
-                );
-            }
-            if v.protocol == Protocol::Http {
-                p.at(
-                    l.referenced,
-                    format!(
-                        "outbound {:?}: protocol http is not supported yet; use tcp",
-                        v.name
-                    ),
                 );
             }
         }
@@ -701,5 +858,54 @@ handshake_timeout: 3s
         ] {
             let _ = Config::parse(text, "x.yaml");
         }
+    }
+
+    /// The identity sources: file layouts, the Workload API, and their mistakes, each named
+    /// with its place.
+    #[test]
+    fn identity_sources_and_their_mistakes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().display().to_string();
+        let listeners = "outbound:\n  - name: o\n    listen: 127.0.0.1:15001\n    forward: 127.0.0.1:15006\n    server_id: spiffe://example.org/x\n";
+        let check = |identity: &str| {
+            let text = format!("identity:\n{identity}{listeners}");
+            let c = Config::parse(&text, "w.yaml").unwrap();
+            c.check("w.yaml").map_err(|e| e.to_string())
+        };
+        // A directory whose layout is detected at run time.
+        check(&format!("  files: {{dir: {dir}}}\n")).unwrap();
+        let c = Config::parse(&format!("identity:\n  files: {{dir: d}}\n{listeners}"), "w.yaml").unwrap();
+        let files = c.identity.value.files.as_ref().unwrap();
+        assert_eq!(
+            files.value.layout().unwrap(),
+            ward_certs::FilesLayout::Dir("d".into())
+        );
+        // The Workload API with an explicit socket and a hint.
+        check("  workload_api: {socket: \"unix:///run/spire/agent.sock\", hint: internal}\n").unwrap();
+
+        let e = check(&format!("  files: {{dir: {dir}/nope}}\n")).unwrap_err();
+        assert!(
+            e.contains("identity.files.dir:") && e.contains("is not a directory"),
+            "{e}"
+        );
+        assert!(e.starts_with("w.yaml:2:16:"), "{e}");
+        let e = check(&format!("  files: {{dir: {dir}, cert: {dir}/c.pem}}\n")).unwrap_err();
+        assert!(e.contains("`dir` finds the files itself"), "{e}");
+        let e = check(&format!("  files: {{credential_bundle: {dir}/cb.pem}}\n")).unwrap_err();
+        assert!(e.contains("credential_bundle needs `bundle`"), "{e}");
+        let e = check(&format!("  files: {{cert: {dir}/c.pem}}\n")).unwrap_err();
+        assert!(e.contains("missing: key, bundle"), "{e}");
+        let e = check("  workload_api: {socket: \"http://agent\"}\n").unwrap_err();
+        assert!(
+            e.contains("identity.workload_api.socket") && e.contains("unix://"),
+            "{e}"
+        );
+        let e = check("  workload_api: {socket: \"unix:///a.sock\", hint: \"\"}\n").unwrap_err();
+        assert!(e.contains("hint is empty"), "{e}");
+        let e = check(&format!(
+            "  workload_api: {{socket: \"unix:///a.sock\"}}\n  files: {{dir: {dir}}}\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("2 sources (files, workload_api); choose one"), "{e}");
     }
 }

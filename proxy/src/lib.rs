@@ -3,13 +3,20 @@
 //! The path of a connection reads top to bottom in [`inbound`] and [`outbound`]; identity and
 //! certificate checks live in `ward-certs`, policy decisions in `ward-filters`.
 
+pub mod admin;
 pub mod audit;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod forward;
+pub mod guard;
+pub mod http;
 pub mod inbound;
+pub mod metrics;
 pub mod outbound;
+pub mod pool;
+pub mod reload;
 pub mod server;
+pub mod sniff;
 pub mod tls;

@@ -1,10 +1,18 @@
-//! The outbound path, in order: accept the app's plaintext, connect to the peer's inbound,
-//! mTLS handshake presenting our SVID, check the server's SPIFFE ID against `server_id`, then
-//! bytes both ways; audit records along the way.
+//! The outbound path, in order: accept the app's plaintext; for opaque TCP, connect to the
+//! peer's inbound, mTLS handshake presenting our SVID, check the server's SPIFFE ID against
+//! `server_id`, then bytes both ways. For HTTP (HTTP/1.1 or h2c from the app), every request
+//! rides one pooled, multiplexed HTTP/2 mTLS connection to the peer, checked the same way.
+//! Audit records along the way.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
+
+use http::{Request, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use rustls_pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
@@ -13,8 +21,12 @@ use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 use ward_filters::{Decision, Pattern};
 
-use crate::audit::{ConnInfo, Direction};
+use crate::audit::{ConnInfo, Direction, Kind};
+use crate::config::Protocol;
 use crate::forward::{self, Shared};
+use crate::http::{self as h, Counted, PendingRecord, ServiceResult};
+use crate::pool::PeerPool;
+use crate::sniff::{self, Detected};
 use crate::tls::handshake_failure;
 
 /// One outbound listener, resolved from config.
@@ -26,6 +38,10 @@ pub struct Outbound {
     /// `server_id` as written, named in audit records as the deciding rule.
     pub server_id_rule: Arc<str>,
     pub handshake_timeout: Duration,
+    pub protocol: Protocol,
+    pub detect_timeout: Duration,
+    /// The shared HTTP/2 connection to the peer, for HTTP traffic.
+    pub pool: PeerPool,
 }
 
 /// Accepts until `shutdown` flips.
@@ -59,6 +75,15 @@ async fn handle(ob: Arc<Outbound>, shared: Arc<Shared>, mut app: TcpStream, src:
         peer_id: None,
         peer_serial: None,
     };
+    let detected = match ob.protocol {
+        Protocol::Tcp => Detected::Opaque,
+        Protocol::Http => Detected::Http1,
+        Protocol::Auto => sniff::peek_tcp(&app, ob.detect_timeout).await,
+    };
+    if detected != Detected::Opaque {
+        serve_http(app, detected, ob, shared, info).await;
+        return;
+    }
     let Some(tls) = shared.store.current() else {
         shared.audit.write(&info.decided(
             Decision::Deny,
@@ -114,4 +139,109 @@ async fn handle(ob: Arc<Outbound>, shared: Arc<Shared>, mut app: TcpStream, src:
         "server_id_match".into(),
     ));
     forward::pipe(app, stream, &shared, &info, started).await;
+}
+
+/// Serves the app's HTTP/1.1 or h2c connection; requests go out over the peer pool.
+async fn serve_http(
+    app: TcpStream,
+    detected: Detected,
+    ob: Arc<Outbound>,
+    shared: Arc<Shared>,
+    info: ConnInfo,
+) {
+    let info = Arc::new(info);
+    let service = {
+        let (ob, shared, info) = (ob.clone(), shared.clone(), info.clone());
+        service_fn(move |req| request(ob.clone(), shared.clone(), info.clone(), req))
+    };
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let served = if detected == Detected::Http2 {
+        builder
+            .http2_only()
+            .serve_connection(TokioIo::new(app), service)
+            .await
+    } else {
+        builder.serve_connection(TokioIo::new(app), service).await
+    };
+    if let Err(e) = served {
+        tracing::debug!(listener = %ob.name, src = %info.src, error = %e, "outbound HTTP connection ended with an error");
+    }
+}
+
+/// One request from the app, forwarded over the shared HTTP/2 connection to the peer.
+async fn request(
+    ob: Arc<Outbound>,
+    shared: Arc<Shared>,
+    info: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> ServiceResult {
+    let started = Instant::now();
+    let authority = h::authority(&req);
+    let method = req.method().as_str().to_owned();
+    let path = req.uri().path().to_owned();
+    let record = |decision, rule: Option<Arc<str>>, reason: String, peer: Option<&ward_certs::SvidInfo>| {
+        let mut info = (*info).clone();
+        if let Some(p) = peer {
+            info.peer_id = Some(p.id.shared());
+            info.peer_serial = Some(p.serial.clone());
+        }
+        let mut r = info.decided(decision, rule, reason);
+        r.kind = Kind::Request;
+        r.method = Some(method.clone());
+        r.path = Some(path.clone());
+        r.authority = authority.clone();
+        r
+    };
+    let bytes_in = Arc::new(AtomicU64::new(0));
+    let conn = match ob.pool.get().await {
+        Ok(c) => c,
+        Err(e) => {
+            let (decision, status) = match e {
+                crate::pool::PeerError::ServerIdMismatch { .. } => (Decision::Deny, StatusCode::BAD_GATEWAY),
+                _ => (Decision::Deny, StatusCode::SERVICE_UNAVAILABLE),
+            };
+            tracing::warn!(listener = %ob.name, error = %e, "no connection to the peer");
+            let r = record(
+                decision,
+                Some(ob.server_id_rule.clone()),
+                format!("{}: {e}", e.label()),
+                None,
+            );
+            let pending = PendingRecord::new(r, shared.audit.clone(), started, bytes_in);
+            return Ok(pending.attach(h::text(status, "ward: the upstream sidecar is unavailable\n")));
+        }
+    };
+    let r = record(
+        Decision::Allow,
+        Some(ob.server_id_rule.clone()),
+        "server_id_match".into(),
+        Some(&conn.peer),
+    );
+    let pending = PendingRecord::new(r, shared.audit.clone(), started, bytes_in.clone());
+    let (mut parts, body) = req.into_parts();
+    h::strip_hop_by_hop(&mut parts.headers);
+    let target = authority.unwrap_or_else(|| ob.forward.to_string());
+    let Some(uri) = h::absolute_uri(&target, &path, parts.uri.query()) else {
+        return Ok(pending.attach(h::text(StatusCode::BAD_REQUEST, "ward: bad request target\n")));
+    };
+    parts.uri = uri;
+    parts.version = http::Version::HTTP_2;
+    // HTTP/2 carries the authority in `:authority`; a Host header beside it is redundant.
+    parts.headers.remove(http::header::HOST);
+    let mut send = conn.send;
+    let req = Request::from_parts(parts, Counted::new(body, bytes_in));
+    match send.send_request(req).await {
+        Ok(resp) => {
+            let mut resp = resp.map(http_body_util::Either::Left);
+            h::strip_hop_by_hop(resp.headers_mut());
+            Ok(pending.attach(resp))
+        }
+        Err(e) => {
+            tracing::warn!(listener = %ob.name, error = %e, "request to the peer failed");
+            Ok(pending.attach(h::text(
+                StatusCode::BAD_GATEWAY,
+                "ward: the upstream sidecar failed the request\n",
+            )))
+        }
+    }
 }

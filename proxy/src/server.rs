@@ -8,8 +8,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use ward_certs::{
-    CredentialStore, DevCa, DevSource, Federation, FilesSource, IdentityUpdates, SpiffeId, TlsOptions,
-    TrustDomain,
+    Backoff, CredentialStore, DevCa, DevSource, Federation, FilesSource, FilesTiming, IdentityUpdates,
+    Reload, SpiffeId, TlsOptions, TrustDomain, UpdateResult, WorkloadApiSource,
 };
 use ward_filters::{Pattern, Policy};
 
@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::forward::Shared;
 use crate::inbound::{self, Inbound};
 use crate::outbound::{self, Outbound};
+use crate::pool::{AppClient, PeerPool};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +41,8 @@ pub struct Running {
     /// Bound addresses by listener name (useful when a config asks for port 0).
     pub listeners: Vec<(String, SocketAddr)>,
     pub store: Arc<CredentialStore>,
+    /// Makes the identity source re-read now (SIGHUP): see [`crate::reload`].
+    pub reload: Reload,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -66,11 +69,27 @@ pub fn identity_source(config: &Config) -> Result<IdentityUpdates, StartError> {
         federation.0.push((td, path.clone()));
     }
     if let Some(files) = &id.files {
+        let layout = files.value.layout().map_err(StartError::Identity)?;
         return Ok(FilesSource {
-            cert: files.cert.value.clone(),
-            key: files.key.value.clone(),
-            bundle: files.bundle.value.clone(),
+            layout,
             federation,
+            timing: FilesTiming::default(),
+        }
+        .spawn());
+    }
+    if let Some(api) = &id.workload_api {
+        let endpoint = api.value.endpoint().ok_or_else(|| {
+            StartError::Identity(format!(
+                "workload_api.socket is not set and neither is {}",
+                ward_certs::source::ENDPOINT_ENV
+            ))
+        })?;
+        tracing::info!(%endpoint, hint = api.value.hint.as_deref(), "identity from the SPIFFE Workload API");
+        return Ok(WorkloadApiSource {
+            endpoint,
+            hint: api.value.hint.clone(),
+            federation,
+            backoff: Backoff::default(),
         }
         .spawn());
     }
@@ -103,17 +122,22 @@ pub async fn start(config: &Config, audit: AuditLog) -> Result<Running, StartErr
 
     let store = Arc::new(CredentialStore::new(TlsOptions::default()));
     let mut updates = identity_source(config)?;
-    match updates.recv().await {
-        Some(first) => {
-            if let Err(e) = first.as_ref() {
-                return Err(StartError::Identity(e.to_string()));
+    let reload = updates.reload();
+    // Not ready, and nothing listens, until a first valid identity has loaded: a refused one
+    // is logged (by the store) and counted, and we wait for the next.
+    loop {
+        match updates.recv().await {
+            Some(update) => {
+                if store.apply(update) == UpdateResult::Applied {
+                    break;
+                }
+                tracing::warn!("waiting for a valid identity before opening the listeners");
             }
-            store.apply(first);
-        }
-        None => {
-            return Err(StartError::Identity(
-                "the identity source stopped before it produced an identity".into(),
-            ));
+            None => {
+                return Err(StartError::Identity(
+                    "the identity source stopped before it produced a valid identity".into(),
+                ));
+            }
         }
     }
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -149,9 +173,14 @@ pub async fn start(config: &Config, audit: AuditLog) -> Result<Running, StartErr
         let ib = Arc::new(Inbound {
             name: Arc::from(l.name.as_str()),
             forward: l.forward,
+            protocol: l.protocol,
             mtls: l.mtls,
             policy,
             handshake_timeout: l.handshake_timeout.unwrap_or(config.handshake_timeout),
+            detect_timeout: config.detect_timeout,
+            xfcc: l.xfcc,
+            app_protocol: l.app_protocol,
+            app: AppClient::new(l.forward, config.connect_timeout),
         });
         tasks.spawn(inbound::serve(listener, ib, shared.clone(), shutdown_rx.clone()));
     }
@@ -161,12 +190,22 @@ pub async fn start(config: &Config, audit: AuditLog) -> Result<Running, StartErr
             .map_err(|e| StartError::Config(format!("outbound {:?}: server_id: {e}", l.name)))?;
         let listener = bind(&l.name, l.listen).await?;
         listeners.push((l.name.clone(), listener.local_addr().unwrap_or(l.listen)));
+        let handshake_timeout = l.handshake_timeout.unwrap_or(config.handshake_timeout);
         let ob = Arc::new(Outbound {
             name: Arc::from(l.name.as_str()),
             forward: l.forward,
             server_id_rule: Arc::from(format!("server_id {}", l.server_id)),
+            pool: PeerPool::new(
+                l.forward,
+                server_id.clone(),
+                store.clone(),
+                config.connect_timeout,
+                handshake_timeout,
+            ),
             server_id,
-            handshake_timeout: l.handshake_timeout.unwrap_or(config.handshake_timeout),
+            handshake_timeout,
+            protocol: l.protocol,
+            detect_timeout: config.detect_timeout,
         });
         tasks.spawn(outbound::serve(listener, ob, shared.clone(), shutdown_rx.clone()));
     }
@@ -176,6 +215,7 @@ pub async fn start(config: &Config, audit: AuditLog) -> Result<Running, StartErr
     Ok(Running {
         listeners,
         store,
+        reload,
         shutdown,
         tasks,
     })

@@ -76,3 +76,98 @@ fn bad_arguments_name_the_problem() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--ca"));
 }
+
+#[test]
+fn policy_explain_names_the_deciding_rule_and_why_others_missed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ward.yaml");
+    std::fs::write(
+        &cfg,
+        r#"
+identity:
+  dev: {id: "spiffe://example.org/ns/default/sa/web"}
+inbound:
+  - {name: web, listen: 127.0.0.1:0, forward: 127.0.0.1:8080, protocol: http, policy: web}
+policies:
+  web:
+    rules:
+      - {name: reads, action: allow, from: [spiffe://example.org/ns/default/sa/frontend], methods: [GET]}
+      - {name: no-admin, action: deny, paths: ["/admin/**"]}
+"#,
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let frontend = "spiffe://example.org/ns/default/sa/frontend";
+    let out = ward(&[
+        "policy",
+        "explain",
+        "-c",
+        cfg,
+        "--listener",
+        "web",
+        "--peer",
+        frontend,
+        "--method",
+        "GET",
+        "--path",
+        "/x/../admin/y",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("request GET /admin/y"),
+        "the path is normalized first:\n{text}"
+    );
+    assert!(text.contains("decision: deny by rule no-admin"), "{text}");
+
+    let out = ward(&[
+        "policy",
+        "explain",
+        "-c",
+        cfg,
+        "--listener",
+        "web",
+        "--peer",
+        frontend,
+        "--method",
+        "POST",
+        "--path",
+        "/api",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("decision: deny (no rule matched"), "{text}");
+    assert!(text.contains("method POST is not one of GET"), "{text}");
+
+    let out = ward(&[
+        "policy",
+        "explain",
+        "-c",
+        cfg,
+        "--listener",
+        "web",
+        "--peer",
+        "spiffe://example.org/x",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["verdict"]["decision"], "deny");
+    assert!(
+        v["rules"][0]["why_not"]
+            .as_str()
+            .unwrap()
+            .contains("matches none of `from`")
+    );
+
+    let out = ward(&[
+        "policy",
+        "explain",
+        "-c",
+        cfg,
+        "--listener",
+        "nope",
+        "--peer",
+        frontend,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("inbound listeners: web"));
+}

@@ -1,0 +1,288 @@
+//! What watches over a live connection: the per-listener connection cap, the count drain
+//! waits on, idle time, and revocation (a trust bundle or policy change that no longer admits
+//! the peer, or `max_connection_lifetime`).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{Notify, watch};
+
+use crate::metrics::ListenerMetrics;
+
+/// Open connections of the whole process; drain waits for it to reach zero.
+#[derive(Debug, Default)]
+pub struct OpenCount {
+    n: AtomicUsize,
+    zero: Notify,
+}
+
+impl OpenCount {
+    pub fn get(&self) -> usize {
+        self.n.load(Ordering::Acquire)
+    }
+
+    /// Waits until no connection is open.
+    pub async fn wait_zero(&self) {
+        loop {
+            let notified = self.zero.notified();
+            if self.get() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Held by every connection for its whole life: counts it in the listener's cap, the
+/// process-wide count and the metrics.
+#[derive(Debug)]
+pub struct ConnGuard {
+    listener_open: Arc<AtomicUsize>,
+    open: Arc<OpenCount>,
+    metrics: ListenerMetrics,
+}
+
+impl ConnGuard {
+    /// Admits a connection unless the listener already has `max` open; a refusal is counted.
+    pub fn admit(
+        listener_open: &Arc<AtomicUsize>,
+        max: Option<usize>,
+        open: &Arc<OpenCount>,
+        metrics: &ListenerMetrics,
+    ) -> Option<ConnGuard> {
+        let before = listener_open.fetch_add(1, Ordering::AcqRel);
+        if max.is_some_and(|max| before >= max) {
+            listener_open.fetch_sub(1, Ordering::AcqRel);
+            metrics.refused_overload.inc();
+            return None;
+        }
+        open.n.fetch_add(1, Ordering::AcqRel);
+        metrics.opened.inc();
+        metrics.active.inc();
+        Some(ConnGuard {
+            listener_open: listener_open.clone(),
+            open: open.clone(),
+            metrics: metrics.clone(),
+        })
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.listener_open.fetch_sub(1, Ordering::AcqRel);
+        self.metrics.active.dec();
+        self.metrics.closed.inc();
+        if self.open.n.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.open.zero.notify_waiters();
+        }
+    }
+}
+
+/// Resolves when a change means a live connection must be checked again: a new identity or
+/// bundle, a new policy, or the connection's maximum lifetime.
+#[derive(Debug)]
+pub struct Watch {
+    identity: watch::Receiver<u64>,
+    policy: watch::Receiver<u64>,
+    deadline: Option<tokio::time::Instant>,
+}
+
+/// Why a connection is being looked at again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recheck {
+    Identity,
+    Policy,
+    Lifetime,
+}
+
+impl Watch {
+    pub fn new(
+        identity: watch::Receiver<u64>,
+        policy: watch::Receiver<u64>,
+        max_lifetime: Option<Duration>,
+    ) -> Self {
+        Watch {
+            identity,
+            policy,
+            deadline: max_lifetime.map(|d| tokio::time::Instant::now() + d),
+        }
+    }
+
+    /// Waits for the next reason to recheck. A closed channel never fires again.
+    pub async fn next(&mut self) -> Recheck {
+        let deadline = self.deadline;
+        let lifetime = async move {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = self.identity.changed() => match r {
+                Ok(()) => Recheck::Identity,
+                Err(_) => std::future::pending().await,
+            },
+            r = self.policy.changed() => match r {
+                Ok(()) => Recheck::Policy,
+                Err(_) => std::future::pending().await,
+            },
+            _ = lifetime => Recheck::Lifetime,
+        }
+    }
+
+    /// Waits until `still_ok` refuses the connection (or its lifetime ends); returns why.
+    pub async fn revoked(&mut self, mut still_ok: impl FnMut(Recheck) -> Result<(), String>) -> String {
+        loop {
+            let why = self.next().await;
+            if why == Recheck::Lifetime {
+                return "max_connection_lifetime: the connection reached its maximum lifetime".into();
+            }
+            if let Err(reason) = still_ok(why) {
+                return reason;
+            }
+        }
+    }
+}
+
+/// Milliseconds since a process-wide start, for cheap activity stamps.
+fn now_ms(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+pin_project_lite::pin_project! {
+    /// A stream that stamps the time of its last read or write (one atomic store per I/O
+    /// call, not per byte), so an idle watcher can close it.
+    pub struct Stamped<S> {
+        #[pin]
+        inner: S,
+        last: Arc<AtomicU64>,
+        start: Instant,
+    }
+}
+
+/// The idle side of [`Stamped`].
+#[derive(Debug, Clone)]
+pub struct Activity {
+    last: Arc<AtomicU64>,
+    start: Instant,
+}
+
+impl Activity {
+    /// Resolves once nothing was read or written for `idle`.
+    pub async fn idle_for(&self, idle: Duration) {
+        let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        loop {
+            let last = self.last.load(Ordering::Relaxed);
+            let quiet = now_ms(self.start).saturating_sub(last);
+            if quiet >= idle_ms {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(idle_ms - quiet)).await;
+        }
+    }
+}
+
+/// Wraps `inner`; the [`Activity`] tells how long it has been quiet.
+pub fn stamped<S>(inner: S) -> (Stamped<S>, Activity) {
+    let start = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    (
+        Stamped {
+            inner,
+            last: last.clone(),
+            start,
+        },
+        Activity { last, start },
+    )
+}
+
+impl<S: AsyncRead> AsyncRead for Stamped<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let r = this.inner.poll_read(cx, buf);
+        if r.is_ready() {
+            this.last.store(now_ms(*this.start), Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite> AsyncWrite for Stamped<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let r = this.inner.poll_write(cx, buf);
+        if r.is_ready() {
+            this.last.store(now_ms(*this.start), Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let r = this.inner.poll_write_vectored(cx, bufs);
+        if r.is_ready() {
+            this.last.store(now_ms(*this.start), Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::metrics::Metrics;
+
+    #[tokio::test]
+    async fn cap_refuses_past_max_and_recovers() {
+        let m = Metrics::new().listener("l", crate::audit::Direction::Inbound);
+        let open = Arc::new(OpenCount::default());
+        let per = Arc::new(AtomicUsize::new(0));
+        let a = ConnGuard::admit(&per, Some(2), &open, &m).unwrap();
+        let _b = ConnGuard::admit(&per, Some(2), &open, &m).unwrap();
+        assert!(ConnGuard::admit(&per, Some(2), &open, &m).is_none());
+        assert_eq!(m.refused_overload.get(), 1);
+        drop(a);
+        let c = ConnGuard::admit(&per, Some(2), &open, &m);
+        assert!(c.is_some());
+        assert_eq!(open.get(), 2);
+        drop(c);
+        drop(_b);
+        tokio::time::timeout(Duration::from_secs(1), open.wait_zero())
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_fires_only_after_quiet() {
+        let (mut s, activity) = stamped(tokio::io::empty());
+        let mut buf = [0u8; 1];
+        tokio::io::AsyncReadExt::read(&mut s, &mut buf).await.unwrap();
+        let t = tokio::time::Instant::now();
+        activity.idle_for(Duration::from_millis(200)).await;
+        assert!(t.elapsed() >= Duration::from_millis(200));
+    }
+}

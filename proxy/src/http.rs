@@ -1,0 +1,292 @@
+//! What HTTP forwarding shares in both directions: hop-by-hop headers (RFC 9110 §7.6.1),
+//! request targets, short error responses, identity headers, and bodies that count their bytes
+//! and write the request's record when they end.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+
+use crate::audit::{AuditLog, Record};
+
+/// Response bodies ward sends: the upstream's, streamed, or a short one of its own.
+pub type OutBody = Either<Incoming, Full<Bytes>>;
+
+/// The XFCC header ward sets toward the app (and removes from every caller).
+pub static XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+
+/// A short text response of ward's own.
+pub fn text(status: StatusCode, body: &'static str) -> Response<OutBody> {
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from_static(body.as_bytes()))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// Removes hop-by-hop headers: those named in `Connection`, and the fixed set. `te: trailers`
+/// is end-to-end in practice (gRPC needs it) and is kept.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if name != header::TE {
+            headers.remove(&name);
+        }
+    }
+    for name in [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+    ] {
+        headers.remove(name);
+    }
+    let te_trailers = headers.get_all(header::TE).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
+    });
+    headers.remove(header::TE);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// The request's authority: from an absolute-form target or `:authority`, else `Host`.
+pub fn authority<B>(req: &Request<B>) -> Option<String> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| req.headers().get(header::HOST)?.to_str().ok().map(str::to_owned))
+}
+
+/// `http://<authority><path>?<query>`: the absolute form hyper's clients want. `path` is the
+/// normalized path, so the app sees what the policy saw.
+pub fn absolute_uri(authority: &str, path: &str, query: Option<&str>) -> Option<Uri> {
+    let target = match query {
+        Some(q) => format!("http://{authority}{path}?{q}"),
+        None => format!("http://{authority}{path}"),
+    };
+    target.parse().ok()
+}
+
+/// `By=<ward's ID>;Hash=<hex SHA-256 of the peer's leaf>;URI=<peer ID>` (Envoy's format).
+pub fn xfcc_value(by: &str, peer_leaf_sha256: &str, peer_id: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!("By={by};Hash={peer_leaf_sha256};URI={peer_id}")).ok()
+}
+
+/// Hex SHA-256 of a certificate's DER.
+pub fn cert_sha256(der: &[u8]) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+    ward_certs::svid::hex(digest.as_ref())
+}
+
+/// Policy header lookups over an `http::HeaderMap`.
+pub struct HeaderView<'a>(pub &'a HeaderMap);
+
+impl ward_filters::Headers for HeaderView<'_> {
+    fn has(&self, name: &str) -> bool {
+        self.0.contains_key(name)
+    }
+
+    fn has_value(&self, name: &str, value: &[u8]) -> bool {
+        self.0.get_all(name).iter().any(|v| v.as_bytes() == value)
+    }
+}
+
+/// Whether a request is gRPC (which needs HTTP/2 to the app).
+pub fn is_grpc<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+pin_project_lite::pin_project! {
+    /// A body that counts the bytes of its data frames into a shared counter.
+    pub struct Counted<B> {
+        #[pin]
+        inner: B,
+        count: Arc<AtomicU64>,
+    }
+}
+
+impl<B> Counted<B> {
+    pub fn new(inner: B, count: Arc<AtomicU64>) -> Self {
+        Counted { inner, count }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for Counted<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            this.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The record of one request, written once when its response body ends or is dropped.
+pub struct PendingRecord {
+    record: Option<Record>,
+    audit: AuditLog,
+    started: Instant,
+    bytes_in: Arc<AtomicU64>,
+    bytes_out: Arc<AtomicU64>,
+}
+
+impl PendingRecord {
+    pub fn new(record: Record, audit: AuditLog, started: Instant, bytes_in: Arc<AtomicU64>) -> Self {
+        PendingRecord {
+            record: Some(record),
+            audit,
+            started,
+            bytes_in,
+            bytes_out: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Writes the record now, with `status`.
+    pub fn finish(mut self, status: StatusCode) {
+        self.write(status.as_u16());
+    }
+
+    fn write(&mut self, status: u16) {
+        if let Some(mut r) = self.record.take() {
+            r.status = r.status.or(Some(status));
+            r.bytes_in = Some(self.bytes_in.load(Ordering::Relaxed));
+            r.bytes_out = Some(self.bytes_out.load(Ordering::Relaxed));
+            r.duration_ms = Some(u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX));
+            self.audit.write(&r);
+        }
+    }
+
+    /// Wraps a response so its body counts bytes out and writes the record when it ends.
+    pub fn attach(mut self, resp: Response<OutBody>) -> Response<Logged> {
+        if let Some(r) = self.record.as_mut() {
+            r.status = Some(resp.status().as_u16());
+        }
+        let count = self.bytes_out.clone();
+        resp.map(|body| Logged {
+            inner: Counted::new(body, count),
+            pending: Some(self),
+        })
+    }
+}
+
+impl Drop for PendingRecord {
+    fn drop(&mut self) {
+        // A response dropped before its end (client went away) is still recorded.
+        self.write(499);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that counts bytes and writes its request's record at the end.
+    pub struct Logged {
+        #[pin]
+        inner: Counted<OutBody>,
+        pending: Option<PendingRecord>,
+    }
+}
+
+impl Body for Logged {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Poll::Ready(None) | Poll::Ready(Some(Err(_))) = &polled
+            && let Some(mut p) = this.pending.take()
+        {
+            p.write(0);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// hyper services never fail: every error becomes a response.
+pub type ServiceResult = Result<Response<Logged>, Infallible>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_and_te_trailers_stays() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("gzip, trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-secret").is_none() && h.get("keep-alive").is_none());
+        assert!(h.get(header::CONNECTION).is_none() && h.get(header::UPGRADE).is_none());
+        assert_eq!(h.get(header::TE).map(|v| v.as_bytes()), Some(&b"trailers"[..]));
+        assert!(h.get("x-kept").is_some());
+    }
+
+    #[test]
+    fn xfcc_format() {
+        let v =
+            xfcc_value("spiffe://a/ward", "ab12", "spiffe://a/peer").map(|v| v.to_str().map(str::to_owned));
+        assert_eq!(
+            v.and_then(Result::ok).as_deref(),
+            Some("By=spiffe://a/ward;Hash=ab12;URI=spiffe://a/peer")
+        );
+    }
+}
