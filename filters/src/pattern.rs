@@ -193,9 +193,10 @@ impl Pattern {
         }
         match rest {
             None => !self.below,
-            // `**` needs at least one more segment, and its first must be non-empty:
-            // `spiffe://a.org/**` matches neither `spiffe://a.org` nor `spiffe://a.org/`.
-            Some(tail) => self.below && !tail.is_empty() && !tail.starts_with('/'),
+            // `**` needs at least one more segment; a trailing slash counts (so a deny on
+            // `/admin/**` covers `/admin/`), an empty segment in the middle (`//`) does not.
+            // `spiffe://a.org/**` never matches `spiffe://a.org`.
+            Some(tail) => self.below && !tail.starts_with('/'),
         }
     }
 

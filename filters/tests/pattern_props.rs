@@ -95,11 +95,13 @@ proptest! {
             format!("{base}{glue}"),
             format!("{base}{glue}/{tail}"),
             base.clone(),
-            format!("{base}/"),
             format!("{base}//{tail}"),
         ] {
             prop_assert!(!p.matches(&bad), "{} ~ {}", p, bad);
         }
+        // A trailing slash is below: a deny on `/api/**` covers `/api/`.
+        let slash = format!("{base}/");
+        prop_assert!(p.matches(&slash), "{} !~ {}", p, slash);
         // The boundary shifted one segment up: `/a/b/**` vs `/a/<tail>`.
         if prefix.len() > 1 {
             let shifted = format!("/{}/{tail}", prefix[..prefix.len() - 1].join("/"));

@@ -1,4 +1,4 @@
-//! The command line: `ward run|check|demo|certs`.
+//! The command line: `ward run|check|demo|certs|policy|iptables|inject|shutdown`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -54,6 +54,36 @@ pub enum Command {
     /// Ask a config's policies questions.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Transparent capture for a pod: the nat-table rules that send its TCP through ward.
+    #[command(subcommand)]
+    Iptables(IptablesCommand),
+    /// Add the ward sidecar and capture init container to Kubernetes workloads.
+    #[command(
+        after_help = "Examples:\n  ward inject -f app.yaml | kubectl apply -f -\n  kubectl get deploy web -o yaml | ward inject -f - --identity spire | kubectl apply -f -\n\nAnnotations on a pod template: ward.dev/inject: \"false\" skips it; ward.dev/exclude-inbound-ports,\nward.dev/exclude-outbound-ports, ward.dev/exclude-outbound-cidrs, ward.dev/include-inbound-ports and\nward.dev/include-outbound-cidrs pass on to `ward iptables install`."
+    )]
+    Inject(crate::inject::InjectArgs),
+    /// Ask a running ward to drain and exit (POST /shutdown on its admin port); for preStop hooks.
+    #[command(after_help = "Example:\n  ward shutdown --admin 127.0.0.1:15000")]
+    Shutdown {
+        /// ward's admin address.
+        #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:15000")]
+        admin: std::net::SocketAddr,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IptablesCommand {
+    /// Install the capture rules (replacing any ward rules already there).
+    #[command(
+        after_help = "Examples:\n  ward iptables install\n  ward iptables install --exclude-inbound-ports 22 --exclude-outbound-cidrs 169.254.169.254/32"
+    )]
+    Install(crate::iptables::CaptureArgs),
+    /// Remove every WARD_* chain and every jump to one.
+    #[command(after_help = "Example:\n  ward iptables uninstall")]
+    Uninstall(crate::iptables::CaptureArgs),
+    /// Print the rules `install` would apply, in iptables-restore form; nothing is changed.
+    #[command(after_help = "Example:\n  ward iptables print --exclude-outbound-ports 5432 --ipv6 off")]
+    Print(crate::iptables::CaptureArgs),
 }
 
 #[derive(Debug, Subcommand)]

@@ -36,6 +36,9 @@ pub fn main(cli: Cli) -> ExitCode {
             &headers,
             json,
         ),
+        Command::Iptables(cmd) => crate::iptables::command(&cmd),
+        Command::Inject(args) => crate::inject::run(&args),
+        Command::Shutdown { admin } => crate::shutdown::request(admin),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -74,18 +77,91 @@ fn run(path: &Path, workers: usize) -> Result<(), String> {
     let config = Config::load(path).map_err(|e| format!("invalid config:\n{e}"))?;
     init_logging(&config.log);
     let audit = AuditLog::open(&config.log.audit.value).map_err(|e| format!("log.audit: {e}"))?;
-    let effective = serde_json::to_value(&config).unwrap_or_default();
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %effective, "ward starting");
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %server::effective_json(&config), "ward starting");
+    let drain_timeout = config.drain_timeout;
     runtime(workers)?.block_on(async {
-        let running = server::start(&config, audit).await.map_err(|e| e.to_string())?;
+        let running = tokio::select! {
+            r = server::start(&config, audit) => r.map_err(|e| e.to_string())?,
+            _ = server::wait_for_signal() => return Ok(()),
+        };
         if let Some(tls) = running.store.current() {
             let info = tls.identity.info();
             tracing::info!(id = %info.id, serial = %info.serial, not_after = %rfc3339(info.not_after), "ready");
         }
-        server::wait_for_signal().await;
-        running.stop().await;
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| format!("cannot install the SIGHUP handler: {e}"))?;
+        let mut shutdown = running.shutdown_requested.clone();
+        let mut last_text = std::fs::read(path).ok();
+        let mut poll = tokio::time::interval(CONFIG_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut drain_timeout = drain_timeout;
+        loop {
+            tokio::select! {
+                _ = server::wait_for_signal() => break,
+                _ = shutdown.changed() => {
+                    tracing::info!("POST /shutdown: draining");
+                    break;
+                }
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the config and re-reading the identity");
+                    crate::reload::reload_identity(&running.reload);
+                    last_text = std::fs::read(path).ok();
+                    if let Some(t) = reload_config(path, &running).await {
+                        drain_timeout = t;
+                    }
+                }
+                _ = poll.tick() => {
+                    let text = std::fs::read(path).ok();
+                    if text.is_some() && text != last_text {
+                        last_text = text;
+                        tracing::info!(config = %path.display(), "config file changed: reloading");
+                        if let Some(t) = reload_config(path, &running).await {
+                            drain_timeout = t;
+                        }
+                    }
+                }
+            }
+        }
+        let open = running.shared.open.get();
+        tracing::info!(open, timeout = ?drain_timeout, "draining: not ready, no new connections");
+        let left = running.drain(drain_timeout).await;
+        if left > 0 {
+            tracing::warn!(left, "drain timeout reached; closing the remaining connections");
+        } else {
+            tracing::info!("drained; exiting");
+        }
         Ok(())
     })
+}
+
+/// How often `ward run` looks at its config file for changes (Kubernetes ConfigMaps change
+/// by a symlink swap, which a content check sees whatever the file system does).
+const CONFIG_POLL: Duration = Duration::from_secs(2);
+
+/// Loads, checks and applies a changed config; a broken one is refused and counted, and the
+/// last good config keeps serving. Returns the new drain timeout when applied.
+async fn reload_config(path: &Path, running: &server::Running) -> Option<Duration> {
+    let metrics = &running.shared.metrics;
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            metrics.reload("invalid");
+            tracing::error!(error = %e, "config reload refused; keeping the last good config");
+            return None;
+        }
+    };
+    match running.apply(&config).await {
+        Ok(()) => {
+            metrics.reload("applied");
+            tracing::info!(config = %server::effective_json(&config), "config reloaded");
+            Some(config.drain_timeout)
+        }
+        Err(e) => {
+            metrics.reload("refused");
+            tracing::error!(error = %e, "config reload refused; keeping the last good config");
+            None
+        }
+    }
 }
 
 fn check(path: &Path) -> Result<(), String> {

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -56,6 +56,10 @@ mod addr {
             ))
         })
     }
+
+    pub fn deserialize_option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        deserialize(d).map(Some)
+    }
 }
 
 /// The whole config file.
@@ -83,6 +87,30 @@ pub struct Config {
     /// as opaque TCP (server-first protocols send nothing).
     #[serde(default = "default_detect_timeout", with = "duration")]
     pub detect_timeout: Duration,
+    /// An opaque TCP connection with no bytes either way for this long is closed.
+    #[serde(default = "default_idle_timeout", with = "duration")]
+    pub idle_timeout: Duration,
+    /// An HTTP/1 client must send a whole request head within this.
+    #[serde(default = "default_request_header_timeout", with = "duration")]
+    pub request_header_timeout: Duration,
+    /// On SIGTERM: how long open connections and requests get to finish.
+    #[serde(default = "default_drain_timeout", with = "duration")]
+    pub drain_timeout: Duration,
+    /// Connections older than this are closed (with an audit record); none when omitted.
+    #[serde(default, with = "duration::option", skip_serializing_if = "Option::is_none")]
+    pub max_connection_lifetime: Option<Duration>,
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(3600)
+}
+
+fn default_request_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(15)
 }
 
 fn default_detect_timeout() -> Duration {
@@ -251,20 +279,36 @@ pub enum Mtls {
     Permissive,
 }
 
-/// An explicit inbound listener: mTLS from peers, plaintext to the app.
-#[derive(Debug, Deserialize, Serialize)]
+/// An inbound listener: mTLS from peers, plaintext to the app. Explicit (`forward`) on a VM;
+/// `transparent` in a pod, where the original destination port is the app port.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct InboundConfig {
     pub name: String,
     #[serde(deserialize_with = "addr::deserialize")]
     pub listen: SocketAddr,
-    #[serde(deserialize_with = "addr::deserialize")]
-    pub forward: SocketAddr,
+    #[serde(
+        default,
+        deserialize_with = "addr::deserialize_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub forward: Option<SocketAddr>,
+    /// Captured traffic: forward to `app_host`:<original destination port>.
+    #[serde(default)]
+    pub transparent: bool,
+    #[serde(default = "default_app_host")]
+    pub app_host: IpAddr,
+    /// Per app port overrides (transparent listeners).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ports: BTreeMap<u16, PortOverride>,
     #[serde(default)]
     pub protocol: Protocol,
     #[serde(default)]
     pub mtls: Mtls,
     pub policy: String,
+    /// Connections past this many open ones are refused at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
     #[serde(default, with = "duration::option", skip_serializing_if = "Option::is_none")]
     pub handshake_timeout: Option<Duration>,
     /// Set `x-forwarded-client-cert` toward the app (HTTP). A caller's copy is removed always.
@@ -279,19 +323,68 @@ fn yes() -> bool {
     true
 }
 
-/// An explicit outbound listener: plaintext from the app, mTLS to a peer's inbound.
-#[derive(Debug, Deserialize, Serialize)]
+fn default_app_host() -> IpAddr {
+    IpAddr::from([127, 0, 0, 1])
+}
+
+/// Protocol and policy for one app port of a transparent inbound listener.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PortOverride {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+}
+
+/// What a transparent outbound does with a destination no route covers.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OutboundDefault {
+    /// Plain TCP to the original destination, no mTLS (outside the mesh).
+    Passthrough,
+    /// Refuse.
+    #[default]
+    Deny,
+}
+
+/// One route of a transparent outbound: destinations in `to` must present `server_id`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// `CIDR` or `CIDR:port`, e.g. `10.0.0.0/8` or `10.1.2.3/32:8080`.
+    pub to: String,
+    pub server_id: String,
+}
+
+/// An outbound listener: plaintext from the app, mTLS to a peer. Explicit (`forward` +
+/// `server_id`) on a VM; `transparent` in a pod, where `routes` pick the expected identity by
+/// the original destination.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct OutboundConfig {
     pub name: String,
     #[serde(deserialize_with = "addr::deserialize")]
     pub listen: SocketAddr,
-    #[serde(deserialize_with = "addr::deserialize")]
-    pub forward: SocketAddr,
+    #[serde(
+        default,
+        deserialize_with = "addr::deserialize_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub forward: Option<SocketAddr>,
     #[serde(default)]
     pub protocol: Protocol,
-    /// Exact SPIFFE ID or pattern the server must present.
-    pub server_id: String,
+    /// Exact SPIFFE ID or pattern the server must present (explicit listeners).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_id: Option<String>,
+    #[serde(default)]
+    pub transparent: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub default: OutboundDefault,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
     #[serde(default, with = "duration::option", skip_serializing_if = "Option::is_none")]
     pub handshake_timeout: Option<Duration>,
 }
@@ -370,6 +463,46 @@ impl Serialize for AuditTarget {
             AuditTarget::Stdout => s.serialize_str("stdout"),
             AuditTarget::File(p) => s.serialize_str(&p.display().to_string()),
         }
+    }
+}
+
+/// A compiled route of a transparent outbound.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub net: ipnet::IpNet,
+    pub port: Option<u16>,
+    pub server_id: ward_filters::Pattern,
+}
+
+impl Route {
+    /// Parses `to` (`CIDR` or `CIDR:port`; an IPv6 CIDR with a port is written `[::/0]:443`).
+    pub fn parse(r: &RouteConfig) -> Result<Route, String> {
+        let (net, port) = match r.to.strip_prefix('[') {
+            Some(rest) => {
+                let (net, port) = rest
+                    .split_once("]:")
+                    .ok_or("write an IPv6 CIDR with a port as [2001:db8::/32]:443")?;
+                (net, Some(port))
+            }
+            None => match r.to.rsplit_once(':') {
+                Some((net, port)) if !net.contains(':') => (net, Some(port)),
+                _ => (r.to.as_str(), None),
+            },
+        };
+        let net: ipnet::IpNet = net
+            .parse()
+            .or_else(|_| net.parse::<IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| format!("{net:?} is not a CIDR like 10.0.0.0/8"))?;
+        let port = match port {
+            Some(p) => Some(p.parse::<u16>().map_err(|_| format!("{p:?} is not a port"))?),
+            None => None,
+        };
+        let server_id = ward_filters::Pattern::parse_spiffe(&r.server_id).map_err(|e| e.to_string())?;
+        Ok(Route { net, port, server_id })
+    }
+
+    pub fn covers(&self, dst: SocketAddr) -> bool {
+        self.net.contains(&dst.ip()) && self.port.is_none_or(|p| p == dst.port())
     }
 }
 
@@ -683,8 +816,51 @@ impl Config {
                 );
             }
         }
+        let own_ports: Vec<u16> = self
+            .inbound
+            .iter()
+            .map(|l| l.value.listen.port())
+            .chain(self.outbound.iter().map(|l| l.value.listen.port()))
+            .chain(self.admin.iter().map(|a| a.value.listen.port()))
+            .collect();
         for l in &self.inbound {
             let v = &l.value;
+            match (v.transparent, v.forward) {
+                (false, None) => p.at(
+                    l.referenced,
+                    format!("inbound {:?}: set `forward: IP:port` (the app), or `transparent: true` in a pod", v.name),
+                ),
+                (true, Some(_)) => p.at(
+                    l.referenced,
+                    format!("inbound {:?}: a transparent listener forwards to the original destination port; remove `forward`", v.name),
+                ),
+                _ => {}
+            }
+            if !v.transparent && !v.ports.is_empty() {
+                p.at(
+                    l.referenced,
+                    format!("inbound {:?}: `ports` overrides need `transparent: true`", v.name),
+                );
+            }
+            for (port, o) in &v.ports {
+                if own_ports.contains(port) {
+                    p.at(
+                        l.referenced,
+                        format!("inbound {:?}: port {port} is one of ward's own ports", v.name),
+                    );
+                }
+                if let Some(policy) = &o.policy
+                    && !self.policies.contains_key(policy)
+                {
+                    p.at(
+                        l.referenced,
+                        format!(
+                            "inbound {:?}: ports.{port}: policy {policy:?} is not defined under `policies`",
+                            v.name
+                        ),
+                    );
+                }
+            }
             if !self.policies.contains_key(&v.policy) {
                 let known: Vec<&str> = self.policies.keys().map(String::as_str).collect();
                 p.at(
@@ -704,10 +880,76 @@ impl Config {
         }
         for l in &self.outbound {
             let v = &l.value;
-            if let Err(e) = ward_filters::Pattern::parse_spiffe(&v.server_id) {
+            if let Some(id) = &v.server_id
+                && let Err(e) = ward_filters::Pattern::parse_spiffe(id)
+            {
                 p.at(
                     l.referenced,
-                    format!("outbound {:?}: server_id {:?}: {e}", v.name, v.server_id),
+                    format!("outbound {:?}: server_id {id:?}: {e}", v.name),
+                );
+            }
+            if v.transparent {
+                if v.forward.is_some() || v.server_id.is_some() {
+                    p.at(
+                        l.referenced,
+                        format!("outbound {:?}: a transparent listener uses `routes` and `default`, not `forward`/`server_id`", v.name),
+                    );
+                }
+                for r in &v.routes {
+                    if let Err(e) = Route::parse(r) {
+                        p.at(
+                            l.referenced,
+                            format!("outbound {:?}: route {:?}: {e}", v.name, r.to),
+                        );
+                    }
+                }
+            } else {
+                if v.forward.is_none() || v.server_id.is_none() {
+                    p.at(
+                        l.referenced,
+                        format!("outbound {:?}: set `forward: IP:port` and `server_id`, or `transparent: true` with `routes`", v.name),
+                    );
+                }
+                if !v.routes.is_empty() {
+                    p.at(
+                        l.referenced,
+                        format!("outbound {:?}: `routes` need `transparent: true`", v.name),
+                    );
+                }
+            }
+        }
+        for (what, d) in [
+            ("handshake_timeout", self.handshake_timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("request_header_timeout", self.request_header_timeout),
+        ] {
+            if d.is_zero() {
+                p.at(
+                    Location::UNKNOWN,
+                    format!("{what} is 0: every connection would fail; use a duration like 10s"),
+                );
+            }
+        }
+        for l in &self.inbound {
+            if l.value.handshake_timeout.is_some_and(|d| d.is_zero()) || l.value.max_connections == Some(0) {
+                p.at(
+                    l.referenced,
+                    format!(
+                        "inbound {:?}: handshake_timeout and max_connections must be above 0",
+                        l.value.name
+                    ),
+                );
+            }
+        }
+        for l in &self.outbound {
+            if l.value.handshake_timeout.is_some_and(|d| d.is_zero()) || l.value.max_connections == Some(0) {
+                p.at(
+                    l.referenced,
+                    format!(
+                        "outbound {:?}: handshake_timeout and max_connections must be above 0",
+                        l.value.name
+                    ),
                 );
             }
         }

@@ -1,27 +1,82 @@
 //! What inbound and outbound share: the per-process state, connecting to a forward address,
-//! and copying bytes both ways until both sides are done.
+//! and copying bytes both ways until both sides are done (or the connection is idle, revoked
+//! or drained away).
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use ward_certs::{CertificateDer, CredentialStore, SvidInfo};
-use ward_filters::Decision;
+use tokio::sync::watch;
+use ward_certs::{CertificateDer, CredentialStore, SvidInfo, SvidVerifier, UnixTime};
+use ward_filters::{Decision, Policy};
 
-use crate::audit::{AuditLog, ConnInfo};
+use crate::audit::{AuditLog, ConnInfo, Kind, Record};
+use crate::guard::{self, OpenCount, Recheck, Watch};
+use crate::metrics::{ListenerMetrics, Metrics};
 
-/// Copy buffer per direction. 16 KiB holds one full TLS record, so a read from the TLS side
-/// never has to be split across two writes.
-pub const COPY_BUF: usize = 16 * 1024;
+/// What a config reload may change without restarting listeners.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub policies: HashMap<String, Arc<Policy>>,
+    pub connect_timeout: Duration,
+    pub detect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub request_header_timeout: Duration,
+    pub max_connection_lifetime: Option<Duration>,
+    /// Ports ward itself listens on: traffic aimed at them is a loop and refused.
+    pub own_ports: Vec<u16>,
+}
 
 /// State every connection handler borrows.
 #[derive(Debug)]
 pub struct Shared {
     pub store: Arc<CredentialStore>,
     pub audit: AuditLog,
-    pub connect_timeout: Duration,
+    pub metrics: Arc<Metrics>,
+    pub settings: ArcSwap<Settings>,
+    /// Bumped after every applied config reload; live connections re-check their policy.
+    pub policy_gen: watch::Sender<u64>,
+    /// `true` once ward drains: HTTP connections finish in-flight requests and close.
+    pub draining: watch::Sender<bool>,
+    pub open: Arc<OpenCount>,
+}
+
+impl Shared {
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.load_full()
+    }
+
+    /// The current policy of this name.
+    pub fn policy(&self, name: &str) -> Option<Arc<Policy>> {
+        self.settings.load().policies.get(name).cloned()
+    }
+
+    /// Writes a record to the audit log and counts it in the metrics.
+    pub fn record(&self, r: &Record) {
+        match r.kind {
+            Kind::Handshake => {
+                let label = r.reason.split(':').next().unwrap_or("unknown");
+                self.metrics.handshake_failed(&r.listener, r.direction, label);
+            }
+            Kind::Authz | Kind::Request => self.metrics.decision(&r.listener, r.rule.as_deref(), r.decision),
+            Kind::Access => {}
+        }
+        self.audit.write(r);
+    }
+
+    /// What a live connection watches for a reason to be checked again.
+    pub fn watch(&self) -> Watch {
+        Watch::new(
+            self.store.subscribe(),
+            self.policy_gen.subscribe(),
+            self.settings.load().max_connection_lifetime,
+        )
+    }
 }
 
 /// The validated peer's SPIFFE ID and serial, from the leaf of a finished handshake.
@@ -29,48 +84,108 @@ pub fn peer_svid(certs: Option<&[CertificateDer<'_>]>) -> Option<SvidInfo> {
     ward_certs::svid::check_leaf(certs?.first()?).ok()
 }
 
+/// A peer's chain, kept so the connection can be validated again when bundles change.
+#[derive(Debug, Clone)]
+pub struct PeerChain(Arc<[CertificateDer<'static>]>);
+
+impl PeerChain {
+    pub fn new(certs: Option<&[CertificateDer<'_>]>) -> Self {
+        PeerChain(
+            certs
+                .unwrap_or_default()
+                .iter()
+                .map(|c| c.clone().into_owned())
+                .collect(),
+        )
+    }
+
+    /// Validates the chain again against the current bundles.
+    pub fn still_valid(&self, store: &CredentialStore) -> Result<(), String> {
+        let Some(tls) = store.current() else {
+            return Ok(());
+        };
+        let Some((leaf, rest)) = self.0.split_first() else {
+            return Ok(());
+        };
+        let verifier = SvidVerifier::new(tls.identity.bundles().clone(), &ward_certs::provider());
+        verifier
+            .verify(leaf, rest, UnixTime::now(), ward_certs::svid_usage())
+            .map(|_| ())
+            .map_err(|e| format!("revoked_{}: the trust bundle changed: {e}", e.reason()))
+    }
+}
+
+/// Resolves with a reason once the connection must close: its peer no longer validates
+/// against the current bundles, `policy_ok` refuses it under a reloaded policy, or it reached
+/// `max_connection_lifetime`.
+pub async fn revoked(
+    mut watch: Watch,
+    store: Arc<CredentialStore>,
+    chain: Option<PeerChain>,
+    mut policy_ok: impl FnMut() -> Result<(), String>,
+) -> String {
+    watch
+        .revoked(|why| match why {
+            Recheck::Identity => chain.as_ref().map_or(Ok(()), |c| c.still_valid(&store)),
+            Recheck::Policy => policy_ok(),
+            Recheck::Lifetime => Ok(()),
+        })
+        .await
+}
+
 /// Connects to `addr` within the connect timeout; failures are logged and audited.
 pub async fn connect(addr: SocketAddr, shared: &Shared, info: &ConnInfo) -> Option<TcpStream> {
-    let outcome = match tokio::time::timeout(shared.connect_timeout, TcpStream::connect(addr)).await {
+    let timeout = shared.settings.load().connect_timeout;
+    let outcome = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => {
             let _ = s.set_nodelay(true);
             return Some(s);
         }
         Ok(Err(e)) => format!("connect_failed: {addr}: {e}"),
-        Err(_) => format!(
-            "connect_timeout: {addr} did not answer within {:?}",
-            shared.connect_timeout
-        ),
+        Err(_) => format!("connect_timeout: {addr} did not answer within {timeout:?}"),
     };
     tracing::warn!(listener = %info.listener, %addr, %outcome, "cannot reach the forward address");
-    shared.audit.write(&info.decided(Decision::Deny, None, outcome));
+    shared.record(&info.decided(Decision::Deny, None, outcome));
     None
 }
 
-/// Connects to the app at `forward` and pipes `peer` to it.
-pub async fn to_app<S>(peer: S, forward: SocketAddr, shared: &Shared, info: &ConnInfo, started: Instant)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    if let Some(app) = connect(forward, shared, info).await {
-        pipe(peer, app, shared, info, started).await;
-    }
-}
-
-/// Copies both ways with one fixed buffer per direction (no allocation per read), honouring
-/// half-close: EOF on one side shuts down writing on the other, and the other direction goes
-/// on until it ends too. Writes the access record at the end.
-pub async fn pipe<A, B>(mut a: A, mut b: B, shared: &Shared, info: &ConnInfo, started: Instant)
-where
+/// Copies both ways ([`crate::copy`]: buffers sized to the traffic, no allocation per read),
+/// honouring half-close: EOF on one side shuts down writing on the other, and the other
+/// direction goes on until it ends too. Ends early when the connection is idle for `idle_timeout` or when
+/// `revoke` resolves. Writes the access record (or the revocation) at the end.
+pub async fn pipe<A, B>(
+    a: A,
+    mut b: B,
+    shared: &Shared,
+    info: &ConnInfo,
+    metrics: &ListenerMetrics,
+    started: Instant,
+    revoke: impl Future<Output = String>,
+) where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let result = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, COPY_BUF, COPY_BUF).await;
-    let record = match result {
-        Ok((a_to_b, b_to_a)) => info.access("closed", Some(a_to_b), Some(b_to_a), started.elapsed()),
-        Err(e) => info.access(&format!("error: {e}"), None, None, started.elapsed()),
+    // Stamping one side sees traffic both ways: its reads are a → b, its writes b → a.
+    let (mut a, activity) = guard::stamped(a);
+    let idle = shared.settings.load().idle_timeout;
+    let record = tokio::select! {
+        result = crate::copy::bidirectional(&mut a, &mut b) => match result {
+            Ok((a_to_b, b_to_a)) => {
+                metrics.bytes_received.inc_by(a_to_b);
+                metrics.bytes_sent.inc_by(b_to_a);
+                info.access("closed", Some(a_to_b), Some(b_to_a), started.elapsed())
+            }
+            Err(e) => info.access(&format!("error: {e}"), None, None, started.elapsed()),
+        },
+        _ = activity.idle_for(idle) => {
+            info.access(&format!("idle_timeout: no bytes for {idle:?}"), None, None, started.elapsed())
+        }
+        reason = revoke => {
+            tracing::info!(listener = %info.listener, peer = info.peer_id.as_deref(), %reason, "closing a live connection");
+            info.decided(Decision::Deny, None, reason)
+        }
     };
-    shared.audit.write(&record);
+    shared.record(&record);
 }
 
 /// An accept error (such as running out of file descriptors): log it and pause briefly so a

@@ -16,7 +16,14 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use crate::audit::{AuditLog, Record};
+use std::future::Future;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus_client::metrics::histogram::Histogram;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::audit::{ConnInfo, Record};
+use crate::forward::Shared;
 
 /// Response bodies ward sends: the upstream's, streamed, or a short one of its own.
 pub type OutBody = Either<Incoming, Full<Bytes>>;
@@ -80,13 +87,24 @@ pub fn authority<B>(req: &Request<B>) -> Option<String> {
 }
 
 /// `http://<authority><path>?<query>`: the absolute form hyper's clients want. `path` is the
-/// normalized path, so the app sees what the policy saw.
+/// normalized path, so the app sees what the policy saw. The authority (which may come from a
+/// caller's Host header) is parsed on its own, so it can never smuggle in a path or query.
 pub fn absolute_uri(authority: &str, path: &str, query: Option<&str>) -> Option<Uri> {
-    let target = match query {
-        Some(q) => format!("http://{authority}{path}?{q}"),
-        None => format!("http://{authority}{path}"),
+    let authority: http::uri::Authority = authority.parse().ok()?;
+    let pq = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
     };
-    target.parse().ok()
+    let pq: http::uri::PathAndQuery = pq.parse().ok()?;
+    if pq.path() != path {
+        return None;
+    }
+    Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(pq)
+        .build()
+        .ok()
 }
 
 /// `By=<ward's ID>;Hash=<hex SHA-256 of the peer's leaf>;URI=<peer ID>` (Envoy's format).
@@ -166,17 +184,25 @@ impl<B: Body<Data = Bytes>> Body for Counted<B> {
 /// The record of one request, written once when its response body ends or is dropped.
 pub struct PendingRecord {
     record: Option<Record>,
-    audit: AuditLog,
+    shared: Arc<Shared>,
+    duration: Histogram,
     started: Instant,
     bytes_in: Arc<AtomicU64>,
     bytes_out: Arc<AtomicU64>,
 }
 
 impl PendingRecord {
-    pub fn new(record: Record, audit: AuditLog, started: Instant, bytes_in: Arc<AtomicU64>) -> Self {
+    pub fn new(
+        record: Record,
+        shared: Arc<Shared>,
+        duration: Histogram,
+        started: Instant,
+        bytes_in: Arc<AtomicU64>,
+    ) -> Self {
         PendingRecord {
             record: Some(record),
-            audit,
+            shared,
+            duration,
             started,
             bytes_in,
             bytes_out: Arc::new(AtomicU64::new(0)),
@@ -193,8 +219,10 @@ impl PendingRecord {
             r.status = r.status.or(Some(status));
             r.bytes_in = Some(self.bytes_in.load(Ordering::Relaxed));
             r.bytes_out = Some(self.bytes_out.load(Ordering::Relaxed));
-            r.duration_ms = Some(u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX));
-            self.audit.write(&r);
+            let elapsed = self.started.elapsed();
+            r.duration_ms = Some(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
+            self.duration.observe(elapsed.as_secs_f64());
+            self.shared.record(&r);
         }
     }
 
@@ -257,6 +285,66 @@ impl Body for Logged {
 /// hyper services never fail: every error becomes a response.
 pub type ServiceResult = Result<Response<Logged>, Infallible>;
 
+/// Serves one HTTP connection (HTTP/1.1 or HTTP/2, or HTTP/2 only) until it ends. On drain,
+/// in-flight requests finish and the connection closes (`Connection: close` / GOAWAY); when
+/// `revoke` resolves, the connection is closed at once with an audit record.
+pub async fn serve_connection<I, S, B>(
+    io: I,
+    h2_only: bool,
+    service: S,
+    shared: &Shared,
+    info: &ConnInfo,
+    revoke: impl Future<Output = String>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let settings = shared.settings();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.request_header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(std::time::Duration::from_secs(30));
+    if h2_only {
+        builder = builder.http2_only();
+    }
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::pin!(revoke);
+    let mut drain = shared.draining.subscribe();
+    let mut draining = *drain.borrow_and_update();
+    if draining {
+        conn.as_mut().graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            served = conn.as_mut() => {
+                if let Err(e) = served {
+                    tracing::debug!(listener = %info.listener, src = %info.src, error = %e, "HTTP connection ended with an error");
+                }
+                return;
+            }
+            _ = drain.changed(), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            reason = &mut revoke => {
+                tracing::info!(listener = %info.listener, peer = info.peer_id.as_deref(), %reason, "closing a live connection");
+                shared.record(&info.decided(ward_filters::Decision::Deny, None, reason));
+                return;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,6 +366,23 @@ mod tests {
         assert!(h.get(header::CONNECTION).is_none() && h.get(header::UPGRADE).is_none());
         assert_eq!(h.get(header::TE).map(|v| v.as_bytes()), Some(&b"trailers"[..]));
         assert!(h.get("x-kept").is_some());
+    }
+
+    #[test]
+    fn authority_cannot_carry_a_path() {
+        assert_eq!(
+            absolute_uri("example.org:8080", "/a", Some("x=1"))
+                .map(|u| u.to_string())
+                .as_deref(),
+            Some("http://example.org:8080/a?x=1")
+        );
+        for evil in ["h/admin", "h?x", "h#f", "user@h/x", "h /x", ""] {
+            let u = absolute_uri(evil, "/ok", None);
+            assert!(
+                u.is_none() || u.as_ref().is_some_and(|u| u.path() == "/ok"),
+                "{evil}: {u:?}"
+            );
+        }
     }
 
     #[test]

@@ -1,68 +1,115 @@
-//! The inbound path, in order: accept, mTLS handshake with our SVID (the peer must present
-//! one), then by protocol: opaque TCP gets the connection policy and bytes both ways to the
-//! app; HTTP gets a connection-level check, then the policy per request, identity headers and
-//! pooled forwarding to the app. Audit records along the way.
+//! The inbound path, in order: accept (within the listener's connection cap), find the app
+//! (the configured `forward`, or in a pod the original destination port), mTLS handshake with
+//! our SVID (the peer must present one), then by protocol: opaque TCP gets the connection
+//! policy and bytes both ways; HTTP gets a connection-level check, then the policy per
+//! request, identity headers and pooled forwarding. A live connection is closed when a new
+//! bundle or policy no longer admits its peer. Audit records and metrics along the way.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::time::{Duration, Instant};
 
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use ward_certs::SpiffeId;
-use ward_filters::{Decision, Peer, Policy, normalize_path};
+use ward_filters::{Decision, Peer, normalize_path};
 
-use crate::audit::{ConnInfo, Direction};
-use crate::config::{AppProtocol, Mtls, Protocol};
-use crate::forward::{self, Shared};
+use crate::audit::{ConnInfo, Direction, Kind};
+use crate::config::{AppProtocol, InboundConfig, Mtls, Protocol};
+use crate::forward::{self, PeerChain, Shared};
+use crate::guard::ConnGuard;
 use crate::http::{self as h, Counted, HeaderView, PendingRecord, ServiceResult};
+use crate::metrics::ListenerMetrics;
 use crate::pool::AppClient;
 use crate::sniff::{self, Detected};
 use crate::tls::handshake_failure;
 
-/// One inbound listener, resolved from config.
+/// One inbound listener, resolved from config. Replaced (not mutated) when a reload changes
+/// its spec; policies are looked up by name at use, so a reload reaches live connections.
 #[derive(Debug)]
 pub struct Inbound {
     pub name: Arc<str>,
-    pub forward: SocketAddr,
-    pub protocol: Protocol,
-    pub mtls: Mtls,
-    pub policy: Arc<Policy>,
+    pub spec: InboundConfig,
     pub handshake_timeout: Duration,
-    pub detect_timeout: Duration,
-    /// Set `x-forwarded-client-cert` toward the app (the caller's copy is always removed).
-    pub xfcc: bool,
-    pub app_protocol: AppProtocol,
-    pub app: AppClient,
+    /// Pooled connections to the app, for explicit listeners.
+    pub app: Option<AppClient>,
+    pub metrics: ListenerMetrics,
+    pub open: Arc<AtomicUsize>,
+}
+
+/// Where one connection goes and under which rules.
+#[derive(Debug, Clone)]
+struct Target {
+    /// Where the peer connected: the listener, or in a pod the original destination.
+    dst: SocketAddr,
+    forward: SocketAddr,
+    protocol: Protocol,
+    policy: String,
 }
 
 /// The first byte of every TLS connection: a handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
 
-/// Accepts until `shutdown` flips.
+/// Accepts until `stop` flips.
 pub async fn serve(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     ib: Arc<Inbound>,
     shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
 ) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, src)) => {
-                    tokio::spawn(handle(ib.clone(), shared.clone(), tcp, src));
+                    let Some(guard) = ConnGuard::admit(&ib.open, ib.spec.max_connections, &shared.open, &ib.metrics) else {
+                        tracing::debug!(listener = %ib.name, %src, "refused: max_connections reached");
+                        drop(tcp);
+                        continue;
+                    };
+                    tokio::spawn(handle(ib.clone(), shared.clone(), tcp, src, guard));
                 }
                 Err(e) => forward::accept_error(&ib.name, e).await,
             },
-            _ = shutdown.changed() => return,
+            _ = stop.changed() => return,
         }
+    }
+}
+
+impl Inbound {
+    /// The app and rules for a connection: explicit `forward`, or the original destination.
+    fn target(&self, tcp: &TcpStream, shared: &Shared) -> Result<Target, String> {
+        let spec = &self.spec;
+        if !spec.transparent {
+            let forward = spec.forward.ok_or("no forward address")?;
+            return Ok(Target {
+                dst: tcp.local_addr().map_err(|e| format!("local address: {e}"))?,
+                forward,
+                protocol: spec.protocol,
+                policy: spec.policy.clone(),
+            });
+        }
+        let dst = crate::origdst::original_dst(tcp).map_err(|e| format!("no_original_dst: {e}"))?;
+        let port = dst.port();
+        if shared.settings.load().own_ports.contains(&port) {
+            return Err(format!(
+                "loop: the original destination {dst} is one of ward's own ports"
+            ));
+        }
+        let o = spec.ports.get(&port);
+        Ok(Target {
+            dst,
+            forward: SocketAddr::new(spec.app_host, port),
+            protocol: o.and_then(|o| o.protocol).unwrap_or(spec.protocol),
+            policy: o
+                .and_then(|o| o.policy.clone())
+                .unwrap_or_else(|| spec.policy.clone()),
+        })
     }
 }
 
@@ -72,6 +119,7 @@ struct PeerCtx {
     id: Option<SpiffeId>,
     /// Hex SHA-256 of the peer's leaf, for XFCC.
     leaf_sha256: Option<String>,
+    chain: Option<PeerChain>,
 }
 
 impl PeerCtx {
@@ -83,20 +131,28 @@ impl PeerCtx {
     }
 }
 
-async fn handle(ib: Arc<Inbound>, shared: Arc<Shared>, tcp: TcpStream, src: SocketAddr) {
+async fn handle(ib: Arc<Inbound>, shared: Arc<Shared>, tcp: TcpStream, src: SocketAddr, _guard: ConnGuard) {
     let started = Instant::now();
-    let dst = tcp.local_addr().unwrap_or(src);
+    let local = tcp.local_addr().unwrap_or(src);
     let _ = tcp.set_nodelay(true);
     let mut info = ConnInfo {
         listener: ib.name.clone(),
         direction: Direction::Inbound,
         src,
-        dst,
+        dst: local,
         peer_id: None,
         peer_serial: None,
     };
+    let target = match ib.target(&tcp, &shared) {
+        Ok(t) => t,
+        Err(reason) => {
+            shared.record(&info.decided(Decision::Deny, None, reason));
+            return;
+        }
+    };
+    info.dst = target.dst;
     let Some(tls) = shared.store.current() else {
-        shared.audit.write(&info.decided(
+        shared.record(&info.decided(
             Decision::Deny,
             None,
             "no_identity: ward has no SVID loaded yet".into(),
@@ -104,21 +160,22 @@ async fn handle(ib: Arc<Inbound>, shared: Arc<Shared>, tcp: TcpStream, src: Sock
         return;
     };
 
-    if ib.mtls == Mtls::Permissive && !looks_like_tls(&tcp, ib.handshake_timeout).await {
+    if ib.spec.mtls == Mtls::Permissive && !looks_like_tls(&tcp, ib.handshake_timeout).await {
         let plain = PeerCtx {
             id: None,
             leaf_sha256: None,
+            chain: None,
         };
-        let detected = match ib.protocol {
+        let detected = match target.protocol {
             Protocol::Tcp => Detected::Opaque,
             Protocol::Http => Detected::Http1,
-            Protocol::Auto => sniff::peek_tcp(&tcp, ib.detect_timeout).await,
+            Protocol::Auto => sniff::peek_tcp(&tcp, shared.settings.load().detect_timeout).await,
         };
-        serve_detected(tcp, detected, ib, shared, info, plain, started).await;
+        serve_detected(tcp, detected, &ib, &shared, info, target, plain, started).await;
         return;
     }
 
-    let server_config = match ib.protocol {
+    let server_config = match target.protocol {
         Protocol::Tcp => tls.server.clone(),
         Protocol::Http | Protocol::Auto => tls.server_http.clone(),
     };
@@ -126,92 +183,129 @@ async fn handle(ib: Arc<Inbound>, shared: Arc<Shared>, tcp: TcpStream, src: Sock
     let stream = match tokio::time::timeout(ib.handshake_timeout, accept).await {
         Err(_) => {
             let detail = format!("no handshake within {:?}", ib.handshake_timeout);
-            shared.audit.write(&info.handshake_failed("timeout", &detail));
+            shared.record(&info.handshake_failed("timeout", &detail));
             return;
         }
         Ok(Err(e)) => {
             let (reason, detail) = handshake_failure(&e);
             tracing::debug!(listener = %ib.name, %src, reason, %detail, "inbound handshake failed");
-            shared.audit.write(&info.handshake_failed(reason, &detail));
+            shared.record(&info.handshake_failed(reason, &detail));
             return;
         }
         Ok(Ok(s)) => s,
     };
 
     let (_, conn) = stream.get_ref();
-    let leaf = conn.peer_certificates().and_then(|c| c.first());
-    let (Some(peer), Some(leaf)) = (forward::peer_svid(conn.peer_certificates()), leaf) else {
+    let certs = conn.peer_certificates();
+    let (Some(peer), Some(leaf)) = (forward::peer_svid(certs), certs.and_then(|c| c.first())) else {
         // The verifier accepted the chain, so this cannot happen; refuse rather than guess.
-        shared
-            .audit
-            .write(&info.handshake_failed("no_peer_id", "peer SPIFFE ID unavailable after handshake"));
+        shared.record(&info.handshake_failed("no_peer_id", "peer SPIFFE ID unavailable after handshake"));
         return;
     };
     let ctx = PeerCtx {
         id: Some(peer.id.clone()),
-        leaf_sha256: ib.xfcc.then(|| h::cert_sha256(leaf)),
+        leaf_sha256: ib.spec.xfcc.then(|| h::cert_sha256(leaf)),
+        chain: Some(PeerChain::new(certs)),
     };
     info.peer_id = Some(peer.id.shared());
     info.peer_serial = Some(peer.serial);
-    match (ib.protocol, conn.alpn_protocol()) {
-        (Protocol::Tcp, _) => serve_detected(stream, Detected::Opaque, ib, shared, info, ctx, started).await,
-        (_, Some(b"h2")) => serve_detected(stream, Detected::Http2, ib, shared, info, ctx, started).await,
+    let detect = shared.settings.load().detect_timeout;
+    match (target.protocol, conn.alpn_protocol()) {
+        (Protocol::Tcp, _) => {
+            serve_detected(stream, Detected::Opaque, &ib, &shared, info, target, ctx, started).await
+        }
+        (_, Some(b"h2")) => {
+            serve_detected(stream, Detected::Http2, &ib, &shared, info, target, ctx, started).await
+        }
         (_, Some(_)) | (Protocol::Http, None) => {
-            serve_detected(stream, Detected::Http1, ib, shared, info, ctx, started).await
+            serve_detected(stream, Detected::Http1, &ib, &shared, info, target, ctx, started).await
         }
         (Protocol::Auto, None) => {
-            let (detected, io) = sniff::read_prefix(stream, ib.detect_timeout).await;
-            serve_detected(io, detected, ib, shared, info, ctx, started).await
+            let (detected, io) = sniff::read_prefix(stream, detect).await;
+            serve_detected(io, detected, &ib, &shared, info, target, ctx, started).await
         }
     }
 }
 
 /// Serves an identified connection as opaque TCP or HTTP.
+#[allow(clippy::too_many_arguments)]
 async fn serve_detected<S>(
     mut io: S,
     detected: Detected,
-    ib: Arc<Inbound>,
-    shared: Arc<Shared>,
+    ib: &Arc<Inbound>,
+    shared: &Arc<Shared>,
     info: ConnInfo,
+    target: Target,
     ctx: PeerCtx,
     started: Instant,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Some(policy) = shared.policy(&target.policy) else {
+        shared.record(&info.decided(
+            Decision::Deny,
+            None,
+            format!("no_policy: policy {:?} is gone", target.policy),
+        ));
+        return;
+    };
+    // A later reload re-checks this connection against the policy of the same name.
+    let recheck = {
+        let (shared, policy_name, ctx) = (shared.clone(), target.policy.clone(), ctx.clone());
+        let http = detected != Detected::Opaque;
+        move || match shared.policy(&policy_name) {
+            None => Err(format!("revoked_policy: policy {policy_name:?} no longer exists")),
+            Some(p) if http && !p.may_allow_requests(ctx.peer()) => Err(format!(
+                "revoked_policy: policy {policy_name:?} no longer admits this peer"
+            )),
+            Some(p) if !http && p.evaluate_connection(ctx.peer()).decision == Decision::Deny => Err(format!(
+                "revoked_policy: policy {policy_name:?} now denies this peer"
+            )),
+            Some(_) => Ok(()),
+        }
+    };
+    let revoke = forward::revoked(shared.watch(), shared.store.clone(), ctx.chain.clone(), recheck);
+
     if detected == Detected::Opaque {
-        let verdict = ib.policy.evaluate_connection(ctx.peer());
-        shared.audit.write(&info.authz(&verdict));
+        let verdict = policy.evaluate_connection(ctx.peer());
+        shared.record(&info.authz(&verdict));
         if verdict.decision == Decision::Deny {
             let _ = io.shutdown().await;
             return;
         }
-        forward::to_app(io, ib.forward, &shared, &info, started).await;
+        if let Some(app) = forward::connect(target.forward, shared, &info).await {
+            forward::pipe(io, app, shared, &info, &ib.metrics, started, revoke).await;
+        }
         return;
     }
     // HTTP: refuse at once a peer no request of which could be allowed.
-    if !ib.policy.may_allow_requests(ctx.peer()) {
-        let verdict = ib.policy.evaluate_connection(ctx.peer());
-        shared.audit.write(&info.authz(&verdict));
+    if !policy.may_allow_requests(ctx.peer()) {
+        let verdict = policy.evaluate_connection(ctx.peer());
+        shared.record(&info.authz(&verdict));
         let _ = io.shutdown().await;
         return;
     }
+    let app = match &ib.app {
+        Some(app) => app.clone(),
+        None => AppClient::new(target.forward, shared.settings.load().connect_timeout),
+    };
     let info = Arc::new(info);
     let service = {
-        let (ib, shared, info, ctx) = (ib.clone(), shared.clone(), info.clone(), ctx.clone());
-        service_fn(move |req| request(ib.clone(), shared.clone(), info.clone(), ctx.clone(), req))
+        let (ib, shared, info) = (ib.clone(), shared.clone(), info.clone());
+        let target = Arc::new(target);
+        service_fn(move |req| {
+            request(
+                ib.clone(),
+                shared.clone(),
+                info.clone(),
+                ctx.clone(),
+                target.clone(),
+                app.clone(),
+                req,
+            )
+        })
     };
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let served = if detected == Detected::Http2 {
-        builder
-            .http2_only()
-            .serve_connection(TokioIo::new(io), service)
-            .await
-    } else {
-        builder.serve_connection(TokioIo::new(io), service).await
-    };
-    if let Err(e) = served {
-        tracing::debug!(listener = %ib.name, src = %info.src, error = %e, "inbound HTTP connection ended with an error");
-    }
+    h::serve_connection(io, detected == Detected::Http2, service, shared, &info, revoke).await;
 }
 
 /// One request: normalize, authorize, set identity headers, forward to the app.
@@ -220,25 +314,40 @@ async fn request(
     shared: Arc<Shared>,
     info: Arc<ConnInfo>,
     ctx: PeerCtx,
+    target: Arc<Target>,
+    app: AppClient,
     req: Request<Incoming>,
 ) -> ServiceResult {
     let started = Instant::now();
     let authority = h::authority(&req);
     let method = req.method().as_str().to_owned();
     let raw_path = req.uri().path().to_owned();
+    let bytes_in = Arc::new(AtomicU64::new(0));
+    let pending = |r| {
+        PendingRecord::new(
+            r,
+            shared.clone(),
+            ib.metrics.request_duration.clone(),
+            started,
+            bytes_in.clone(),
+        )
+    };
     let path = match normalize_path(&raw_path) {
         Ok(p) => p.into_owned(),
         Err(e) => {
             let mut r = info.decided(Decision::Deny, None, format!("bad_path: {e}"));
-            r.kind = crate::audit::Kind::Request;
+            r.kind = Kind::Request;
             r.method = Some(method);
             r.path = Some(raw_path);
             r.authority = authority;
-            let pending = PendingRecord::new(r, shared.audit.clone(), started, Arc::new(AtomicU64::new(0)));
-            return Ok(pending.attach(h::text(StatusCode::BAD_REQUEST, "ward: bad request path\n")));
+            return Ok(pending(r).attach(h::text(StatusCode::BAD_REQUEST, "ward: bad request path\n")));
         }
     };
-    let verdict = ib.policy.evaluate_request(
+    let Some(policy) = shared.policy(&target.policy) else {
+        let r = info.request(&no_policy_verdict(), &method, &path, authority.as_deref());
+        return Ok(pending(r).attach(h::text(StatusCode::FORBIDDEN, "ward: access denied\n")));
+    };
+    let verdict = policy.evaluate_request(
         ctx.peer(),
         &ward_filters::Request {
             method: &method,
@@ -246,14 +355,12 @@ async fn request(
             headers: &HeaderView(req.headers()),
         },
     );
-    let bytes_in = Arc::new(AtomicU64::new(0));
-    let record = info.request(&verdict, &method, &path, authority.as_deref());
-    let pending = PendingRecord::new(record, shared.audit.clone(), started, bytes_in.clone());
+    let pending = pending(info.request(&verdict, &method, &path, authority.as_deref()));
     if verdict.decision == Decision::Deny {
         return Ok(pending.attach(h::text(StatusCode::FORBIDDEN, "ward: access denied\n")));
     }
 
-    let h2 = match ib.app_protocol {
+    let h2 = match ib.spec.app_protocol {
         AppProtocol::Http1 => false,
         AppProtocol::Http2 => true,
         AppProtocol::Auto => h::is_grpc(&req),
@@ -261,7 +368,7 @@ async fn request(
     let (mut parts, body) = req.into_parts();
     h::strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(&h::XFCC);
-    if let (true, Some(id), Some(hash)) = (ib.xfcc, &ctx.id, &ctx.leaf_sha256) {
+    if let (true, Some(id), Some(hash)) = (ib.spec.xfcc, &ctx.id, &ctx.leaf_sha256) {
         let by = shared
             .store
             .current()
@@ -271,8 +378,8 @@ async fn request(
             parts.headers.insert(h::XFCC.clone(), v);
         }
     }
-    let target = authority.clone().unwrap_or_else(|| ib.forward.to_string());
-    let Some(uri) = h::absolute_uri(&target, &path, parts.uri.query()) else {
+    let host = authority.unwrap_or_else(|| target.forward.to_string());
+    let Some(uri) = h::absolute_uri(&host, &path, parts.uri.query()) else {
         return Ok(pending.attach(h::text(StatusCode::BAD_REQUEST, "ward: bad request target\n")));
     };
     parts.uri = uri;
@@ -281,17 +388,26 @@ async fn request(
     } else {
         http::Version::HTTP_11
     };
-    let req = Request::from_parts(parts, Counted::new(body, bytes_in));
-    match ib.app.send(req, h2).await {
+    let req = Request::from_parts(parts, Counted::new(body, bytes_in.clone()));
+    match app.send(req, h2).await {
         Ok(resp) => {
             let mut resp = resp.map(http_body_util::Either::Left);
             h::strip_hop_by_hop(resp.headers_mut());
             Ok(pending.attach(resp))
         }
         Err(e) => {
-            tracing::warn!(listener = %ib.name, app = %ib.forward, error = %e, "cannot reach the app");
+            tracing::warn!(listener = %ib.name, app = %target.forward, error = %e, "cannot reach the app");
             Ok(pending.attach(h::text(StatusCode::BAD_GATEWAY, "ward: the app is unavailable\n")))
         }
+    }
+}
+
+fn no_policy_verdict() -> ward_filters::Verdict {
+    ward_filters::Verdict {
+        decision: Decision::Deny,
+        rule: None,
+        reason: ward_filters::Reason::DefaultDeny,
+        audit: Vec::new(),
     }
 }
 

@@ -1,30 +1,33 @@
-//! The outbound path, in order: accept the app's plaintext; for opaque TCP, connect to the
-//! peer's inbound, mTLS handshake presenting our SVID, check the server's SPIFFE ID against
-//! `server_id`, then bytes both ways. For HTTP (HTTP/1.1 or h2c from the app), every request
-//! rides one pooled, multiplexed HTTP/2 mTLS connection to the peer, checked the same way.
-//! Audit records along the way.
+//! The outbound path, in order: accept the app's plaintext (within the listener's cap); find
+//! the destination and the identity it must prove (explicit `forward` + `server_id`, or in a
+//! pod the original destination matched against `routes`; no route: `default` passthrough or
+//! deny). Opaque TCP: connect, mTLS handshake presenting our SVID, check the server's SPIFFE
+//! ID, then bytes both ways. HTTP (HTTP/1.1 or h2c from the app): every request rides one
+//! pooled, multiplexed HTTP/2 mTLS connection per destination, checked the same way.
+//! Audit records and metrics along the way.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::time::{Duration, Instant};
 
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-
 use rustls_pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Mutex, watch};
 use tokio_rustls::TlsConnector;
 use ward_filters::{Decision, Pattern};
 
 use crate::audit::{ConnInfo, Direction, Kind};
-use crate::config::Protocol;
-use crate::forward::{self, Shared};
+use crate::config::{OutboundConfig, OutboundDefault, Protocol, Route};
+use crate::forward::{self, PeerChain, Shared};
+use crate::guard::ConnGuard;
 use crate::http::{self as h, Counted, PendingRecord, ServiceResult};
+use crate::metrics::ListenerMetrics;
 use crate::pool::PeerPool;
 use crate::sniff::{self, Detected};
 use crate::tls::handshake_failure;
@@ -33,139 +36,280 @@ use crate::tls::handshake_failure;
 #[derive(Debug)]
 pub struct Outbound {
     pub name: Arc<str>,
-    pub forward: SocketAddr,
-    pub server_id: Pattern,
-    /// `server_id` as written, named in audit records as the deciding rule.
-    pub server_id_rule: Arc<str>,
+    pub spec: OutboundConfig,
     pub handshake_timeout: Duration,
-    pub protocol: Protocol,
-    pub detect_timeout: Duration,
-    /// The shared HTTP/2 connection to the peer, for HTTP traffic.
-    pub pool: PeerPool,
+    pub routes: Vec<Route>,
+    pub metrics: ListenerMetrics,
+    pub open: Arc<AtomicUsize>,
+    /// One HTTP/2 connection per destination, shared by every request to it.
+    pools: Mutex<HashMap<SocketAddr, Arc<PeerPool>>>,
 }
 
-/// Accepts until `shutdown` flips.
+/// Where a connection goes.
+#[derive(Debug, Clone)]
+enum Dest {
+    /// mTLS to `addr`, whose server must prove an ID matching `server_id`.
+    Mesh {
+        addr: SocketAddr,
+        server_id: Pattern,
+        rule: Arc<str>,
+    },
+    /// Plain TCP to a destination outside the mesh (`default: passthrough`).
+    Passthrough(SocketAddr),
+}
+
+impl Outbound {
+    pub fn new(
+        name: &str,
+        spec: OutboundConfig,
+        handshake_timeout: Duration,
+        metrics: ListenerMetrics,
+    ) -> Result<Outbound, String> {
+        let routes = spec
+            .routes
+            .iter()
+            .map(Route::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(id) = &spec.server_id {
+            Pattern::parse_spiffe(id).map_err(|e| format!("server_id: {e}"))?;
+        }
+        Ok(Outbound {
+            name: Arc::from(name),
+            spec,
+            handshake_timeout,
+            routes,
+            metrics,
+            open: Arc::new(AtomicUsize::new(0)),
+            pools: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Where this connection goes, or why it may not.
+    fn dest(&self, tcp: &TcpStream, shared: &Shared) -> Result<Dest, (SocketAddr, String)> {
+        if !self.spec.transparent {
+            let (Some(addr), Some(id)) = (self.spec.forward, &self.spec.server_id) else {
+                let here = tcp.local_addr().unwrap_or(([0, 0, 0, 0], 0).into());
+                return Err((here, "config: explicit outbound without forward/server_id".into()));
+            };
+            let server_id = Pattern::parse_spiffe(id).map_err(|e| (addr, e.to_string()))?;
+            return Ok(Dest::Mesh {
+                addr,
+                server_id,
+                rule: Arc::from(format!("server_id {id}")),
+            });
+        }
+        let dst = crate::origdst::original_dst(tcp).map_err(|e| {
+            let here = tcp.local_addr().unwrap_or(([0, 0, 0, 0], 0).into());
+            (here, format!("no_original_dst: {e}"))
+        })?;
+        if shared.settings.load().own_ports.contains(&dst.port())
+            && (dst.ip().is_loopback() || tcp.local_addr().is_ok_and(|l| l.ip() == dst.ip()))
+        {
+            return Err((dst, format!("loop: {dst} is one of ward's own listeners")));
+        }
+        if let Some(route) = self.routes.iter().find(|r| r.covers(dst)) {
+            return Ok(Dest::Mesh {
+                addr: dst,
+                server_id: route.server_id.clone(),
+                rule: Arc::from(format!("route {} -> {}", route.net, route.server_id.as_str())),
+            });
+        }
+        match self.spec.default {
+            OutboundDefault::Passthrough => Ok(Dest::Passthrough(dst)),
+            OutboundDefault::Deny => Err((
+                dst,
+                format!("no_route: no route covers {dst} and the default is deny"),
+            )),
+        }
+    }
+
+    async fn pool(&self, addr: SocketAddr, server_id: &Pattern, shared: &Shared) -> Arc<PeerPool> {
+        let mut pools = self.pools.lock().await;
+        pools
+            .entry(addr)
+            .or_insert_with(|| {
+                Arc::new(PeerPool::new(
+                    addr,
+                    server_id.clone(),
+                    shared.store.clone(),
+                    shared.settings.load().connect_timeout,
+                    self.handshake_timeout,
+                ))
+            })
+            .clone()
+    }
+}
+
+/// Accepts until `stop` flips.
 pub async fn serve(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     ob: Arc<Outbound>,
     shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
 ) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, src)) => {
-                    tokio::spawn(handle(ob.clone(), shared.clone(), tcp, src));
+                    let Some(guard) = ConnGuard::admit(&ob.open, ob.spec.max_connections, &shared.open, &ob.metrics) else {
+                        tracing::debug!(listener = %ob.name, %src, "refused: max_connections reached");
+                        drop(tcp);
+                        continue;
+                    };
+                    tokio::spawn(handle(ob.clone(), shared.clone(), tcp, src, guard));
                 }
                 Err(e) => forward::accept_error(&ob.name, e).await,
             },
-            _ = shutdown.changed() => return,
+            _ = stop.changed() => return,
         }
     }
 }
 
-async fn handle(ob: Arc<Outbound>, shared: Arc<Shared>, mut app: TcpStream, src: SocketAddr) {
+async fn handle(
+    ob: Arc<Outbound>,
+    shared: Arc<Shared>,
+    mut app: TcpStream,
+    src: SocketAddr,
+    _guard: ConnGuard,
+) {
     let started = Instant::now();
     let _ = app.set_nodelay(true);
     let mut info = ConnInfo {
         listener: ob.name.clone(),
         direction: Direction::Outbound,
         src,
-        dst: ob.forward,
+        dst: src,
         peer_id: None,
         peer_serial: None,
     };
-    let detected = match ob.protocol {
+    let dest = match ob.dest(&app, &shared) {
+        Ok(d) => d,
+        Err((dst, reason)) => {
+            info.dst = dst;
+            shared.record(&info.decided(Decision::Deny, None, reason));
+            let _ = app.shutdown().await;
+            return;
+        }
+    };
+    let (addr, server_id, rule) = match dest {
+        Dest::Passthrough(dst) => {
+            info.dst = dst;
+            shared.record(&info.decided(
+                Decision::Allow,
+                None,
+                "passthrough: no route covers the destination; plain TCP outside the mesh".into(),
+            ));
+            if let Some(up) = forward::connect(dst, &shared, &info).await {
+                forward::pipe(
+                    app,
+                    up,
+                    &shared,
+                    &info,
+                    &ob.metrics,
+                    started,
+                    std::future::pending(),
+                )
+                .await;
+            }
+            return;
+        }
+        Dest::Mesh {
+            addr,
+            server_id,
+            rule,
+        } => (addr, server_id, rule),
+    };
+    info.dst = addr;
+    let protocol = ob.spec.protocol;
+    let detected = match protocol {
         Protocol::Tcp => Detected::Opaque,
         Protocol::Http => Detected::Http1,
-        Protocol::Auto => sniff::peek_tcp(&app, ob.detect_timeout).await,
+        Protocol::Auto => sniff::peek_tcp(&app, shared.settings.load().detect_timeout).await,
     };
     if detected != Detected::Opaque {
-        serve_http(app, detected, ob, shared, info).await;
+        let pool = ob.pool(addr, &server_id, &shared).await;
+        serve_http(app, detected, &ob, &shared, info, pool, rule).await;
         return;
     }
+
     let Some(tls) = shared.store.current() else {
-        shared.audit.write(&info.decided(
+        shared.record(&info.decided(
             Decision::Deny,
             None,
             "no_identity: ward has no SVID loaded yet".into(),
         ));
         return;
     };
-    let Some(upstream) = forward::connect(ob.forward, &shared, &info).await else {
+    let Some(upstream) = forward::connect(addr, &shared, &info).await else {
         return;
     };
     // No SNI and no DNS-name check: the server is identified by its SPIFFE ID alone.
-    let server_name = ServerName::IpAddress(ob.forward.ip().into());
+    let server_name = ServerName::IpAddress(addr.ip().into());
     let connect = TlsConnector::from(tls.client.clone()).connect(server_name, upstream);
     let mut stream = match tokio::time::timeout(ob.handshake_timeout, connect).await {
         Err(_) => {
             let detail = format!("no handshake within {:?}", ob.handshake_timeout);
-            shared.audit.write(&info.handshake_failed("timeout", &detail));
+            shared.record(&info.handshake_failed("timeout", &detail));
             return;
         }
         Ok(Err(e)) => {
             let (reason, detail) = handshake_failure(&e);
-            tracing::debug!(listener = %ob.name, dst = %ob.forward, reason, %detail, "outbound handshake failed");
-            shared.audit.write(&info.handshake_failed(reason, &detail));
+            tracing::debug!(listener = %ob.name, dst = %addr, reason, %detail, "outbound handshake failed");
+            shared.record(&info.handshake_failed(reason, &detail));
             return;
         }
         Ok(Ok(s)) => s,
     };
-    let Some(peer) = forward::peer_svid(stream.get_ref().1.peer_certificates()) else {
-        shared
-            .audit
-            .write(&info.handshake_failed("no_peer_id", "server SPIFFE ID unavailable after handshake"));
+    let certs = stream.get_ref().1.peer_certificates();
+    let Some(peer) = forward::peer_svid(certs) else {
+        shared.record(&info.handshake_failed("no_peer_id", "server SPIFFE ID unavailable after handshake"));
         return;
     };
+    let chain = PeerChain::new(certs);
     info.peer_id = Some(peer.id.shared());
     info.peer_serial = Some(peer.serial);
-    if !ob.server_id.matches(peer.id.as_str()) {
+    if !server_id.matches(peer.id.as_str()) {
         let reason = format!(
             "server_id_mismatch: the server presented {} but this listener requires {}",
             peer.id,
-            ob.server_id.as_str()
+            server_id.as_str()
         );
-        shared
-            .audit
-            .write(&info.decided(Decision::Deny, Some(ob.server_id_rule.clone()), reason));
+        shared.record(&info.decided(Decision::Deny, Some(rule), reason));
         let _ = stream.shutdown().await;
         let _ = app.shutdown().await;
         return;
     }
-    shared.audit.write(&info.decided(
-        Decision::Allow,
-        Some(ob.server_id_rule.clone()),
-        "server_id_match".into(),
-    ));
-    forward::pipe(app, stream, &shared, &info, started).await;
+    shared.record(&info.decided(Decision::Allow, Some(rule), "server_id_match".into()));
+    let revoke = forward::revoked(shared.watch(), shared.store.clone(), Some(chain), || Ok(()));
+    forward::pipe(app, stream, &shared, &info, &ob.metrics, started, revoke).await;
 }
 
 /// Serves the app's HTTP/1.1 or h2c connection; requests go out over the peer pool.
 async fn serve_http(
     app: TcpStream,
     detected: Detected,
-    ob: Arc<Outbound>,
-    shared: Arc<Shared>,
+    ob: &Arc<Outbound>,
+    shared: &Arc<Shared>,
     info: ConnInfo,
+    pool: Arc<PeerPool>,
+    rule: Arc<str>,
 ) {
     let info = Arc::new(info);
     let service = {
         let (ob, shared, info) = (ob.clone(), shared.clone(), info.clone());
-        service_fn(move |req| request(ob.clone(), shared.clone(), info.clone(), req))
+        service_fn(move |req| {
+            request(
+                ob.clone(),
+                shared.clone(),
+                info.clone(),
+                pool.clone(),
+                rule.clone(),
+                req,
+            )
+        })
     };
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let served = if detected == Detected::Http2 {
-        builder
-            .http2_only()
-            .serve_connection(TokioIo::new(app), service)
-            .await
-    } else {
-        builder.serve_connection(TokioIo::new(app), service).await
-    };
-    if let Err(e) = served {
-        tracing::debug!(listener = %ob.name, src = %info.src, error = %e, "outbound HTTP connection ended with an error");
-    }
+    let revoke = forward::revoked(shared.watch(), shared.store.clone(), None, || Ok(()));
+    h::serve_connection(app, detected == Detected::Http2, service, shared, &info, revoke).await;
 }
 
 /// One request from the app, forwarded over the shared HTTP/2 connection to the peer.
@@ -173,19 +317,21 @@ async fn request(
     ob: Arc<Outbound>,
     shared: Arc<Shared>,
     info: Arc<ConnInfo>,
+    pool: Arc<PeerPool>,
+    rule: Arc<str>,
     req: Request<Incoming>,
 ) -> ServiceResult {
     let started = Instant::now();
     let authority = h::authority(&req);
     let method = req.method().as_str().to_owned();
     let path = req.uri().path().to_owned();
-    let record = |decision, rule: Option<Arc<str>>, reason: String, peer: Option<&ward_certs::SvidInfo>| {
+    let record = |decision, reason: String, peer: Option<&ward_certs::SvidInfo>| {
         let mut info = (*info).clone();
         if let Some(p) = peer {
             info.peer_id = Some(p.id.shared());
             info.peer_serial = Some(p.serial.clone());
         }
-        let mut r = info.decided(decision, rule, reason);
+        let mut r = info.decided(decision, Some(rule.clone()), reason);
         r.kind = Kind::Request;
         r.method = Some(method.clone());
         r.path = Some(path.clone());
@@ -193,34 +339,35 @@ async fn request(
         r
     };
     let bytes_in = Arc::new(AtomicU64::new(0));
-    let conn = match ob.pool.get().await {
+    let pending = |r| {
+        PendingRecord::new(
+            r,
+            shared.clone(),
+            ob.metrics.request_duration.clone(),
+            started,
+            bytes_in.clone(),
+        )
+    };
+    let conn = match pool.get().await {
         Ok(c) => c,
         Err(e) => {
-            let (decision, status) = match e {
-                crate::pool::PeerError::ServerIdMismatch { .. } => (Decision::Deny, StatusCode::BAD_GATEWAY),
-                _ => (Decision::Deny, StatusCode::SERVICE_UNAVAILABLE),
+            let status = match e {
+                crate::pool::PeerError::ServerIdMismatch { .. } => StatusCode::BAD_GATEWAY,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
             };
             tracing::warn!(listener = %ob.name, error = %e, "no connection to the peer");
-            let r = record(
-                decision,
-                Some(ob.server_id_rule.clone()),
-                format!("{}: {e}", e.label()),
-                None,
-            );
-            let pending = PendingRecord::new(r, shared.audit.clone(), started, bytes_in);
-            return Ok(pending.attach(h::text(status, "ward: the upstream sidecar is unavailable\n")));
+            let r = record(Decision::Deny, format!("{}: {e}", e.label()), None);
+            return Ok(pending(r).attach(h::text(status, "ward: the upstream sidecar is unavailable\n")));
         }
     };
-    let r = record(
+    let pending = pending(record(
         Decision::Allow,
-        Some(ob.server_id_rule.clone()),
         "server_id_match".into(),
         Some(&conn.peer),
-    );
-    let pending = PendingRecord::new(r, shared.audit.clone(), started, bytes_in.clone());
+    ));
     let (mut parts, body) = req.into_parts();
     h::strip_hop_by_hop(&mut parts.headers);
-    let target = authority.unwrap_or_else(|| ob.forward.to_string());
+    let target = authority.unwrap_or_else(|| info.dst.to_string());
     let Some(uri) = h::absolute_uri(&target, &path, parts.uri.query()) else {
         return Ok(pending.attach(h::text(StatusCode::BAD_REQUEST, "ward: bad request target\n")));
     };
@@ -229,7 +376,7 @@ async fn request(
     // HTTP/2 carries the authority in `:authority`; a Host header beside it is redundant.
     parts.headers.remove(http::header::HOST);
     let mut send = conn.send;
-    let req = Request::from_parts(parts, Counted::new(body, bytes_in));
+    let req = Request::from_parts(parts, Counted::new(body, bytes_in.clone()));
     match send.send_request(req).await {
         Ok(resp) => {
             let mut resp = resp.map(http_body_util::Either::Left);

@@ -119,6 +119,12 @@ pub enum PeerError {
     NoH2(SocketAddr),
     #[error("HTTP/2 with {addr}: {detail}")]
     H2 { addr: SocketAddr, detail: String },
+    #[error("{addr} failed a moment ago ({detail}); not retrying yet")]
+    Recent {
+        addr: SocketAddr,
+        label: &'static str,
+        detail: Arc<String>,
+    },
 }
 
 impl PeerError {
@@ -131,6 +137,7 @@ impl PeerError {
             PeerError::ServerIdMismatch { .. } => "server_id_mismatch",
             PeerError::NoH2(_) => "no_h2",
             PeerError::H2 { .. } => "h2",
+            PeerError::Recent { label, .. } => label,
         }
     }
 }
@@ -151,7 +158,13 @@ pub struct PeerPool {
     connect_timeout: Duration,
     handshake_timeout: Duration,
     current: Mutex<Option<PeerConn>>,
+    /// The last failed connect: requests queued behind it fail fast instead of each waiting
+    /// out its own connect timeout against a peer that is down.
+    failed: std::sync::Mutex<Option<(std::time::Instant, Arc<String>, &'static str)>>,
 }
+
+/// How long a failed connect is remembered.
+const FAIL_FAST: Duration = Duration::from_millis(500);
 
 impl std::fmt::Debug for PeerPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -177,7 +190,18 @@ impl PeerPool {
             connect_timeout,
             handshake_timeout,
             current: Mutex::new(None),
+            failed: std::sync::Mutex::new(None),
         }
+    }
+
+    fn recent_failure(&self) -> Option<PeerError> {
+        let failed = self.failed.lock().ok()?;
+        let (at, detail, label) = failed.as_ref()?;
+        (at.elapsed() < FAIL_FAST).then(|| PeerError::Recent {
+            addr: self.addr,
+            label,
+            detail: detail.clone(),
+        })
     }
 
     /// The live connection, or a new one. Concurrent callers wait for the same connect, so a
@@ -189,9 +213,21 @@ impl PeerPool {
         {
             return Ok(c.clone());
         }
-        let conn = self.connect().await?;
-        *current = Some(conn.clone());
-        Ok(conn)
+        if let Some(e) = self.recent_failure() {
+            return Err(e);
+        }
+        match self.connect().await {
+            Ok(conn) => {
+                *current = Some(conn.clone());
+                Ok(conn)
+            }
+            Err(e) => {
+                if let Ok(mut failed) = self.failed.lock() {
+                    *failed = Some((std::time::Instant::now(), Arc::new(e.to_string()), e.label()));
+                }
+                Err(e)
+            }
+        }
     }
 
     async fn connect(&self) -> Result<PeerConn, PeerError> {

@@ -1,26 +1,34 @@
-//! Starting a proxy from a checked config: identity first, then every listener, then serve
-//! until told to stop.
+//! Running a proxy from a checked config: the admin server first (so `/live` answers and
+//! `/ready` says why not), then the first valid identity, then every listener. A reload swaps
+//! policies and settings atomically and restarts only listeners whose spec changed; drain
+//! stops accepting and lets open connections finish.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::sync::{Mutex, watch};
+use tokio::task::JoinHandle;
 use ward_certs::{
     Backoff, CredentialStore, DevCa, DevSource, Federation, FilesSource, FilesTiming, IdentityUpdates,
     Reload, SpiffeId, TlsOptions, TrustDomain, UpdateResult, WorkloadApiSource,
 };
-use ward_filters::{Pattern, Policy};
+use ward_filters::Policy;
 
-use crate::audit::AuditLog;
-use crate::config::Config;
-use crate::forward::Shared;
+use crate::admin::{self, AdminState};
+use crate::audit::{AuditLog, Direction};
+use crate::config::{Config, InboundConfig, OutboundConfig};
+use crate::forward::{Settings, Shared};
+use crate::guard::OpenCount;
 use crate::inbound::{self, Inbound};
+use crate::metrics::Metrics;
 use crate::outbound::{self, Outbound};
-use crate::pool::{AppClient, PeerPool};
+use crate::pool::AppClient;
 
-/// Why the proxy could not start.
+/// Why the proxy could not start (or a reload was refused).
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("{0}")]
@@ -36,28 +44,45 @@ pub enum StartError {
     },
 }
 
-/// A running proxy.
-pub struct Running {
-    /// Bound addresses by listener name (useful when a config asks for port 0).
-    pub listeners: Vec<(String, SocketAddr)>,
-    pub store: Arc<CredentialStore>,
-    /// Makes the identity source re-read now (SIGHUP): see [`crate::reload`].
-    pub reload: Reload,
-    shutdown: watch::Sender<bool>,
-    tasks: JoinSet<()>,
+/// A listener's spec, compared across reloads.
+#[derive(Debug, Clone, PartialEq)]
+enum Spec {
+    Inbound(InboundConfig, Duration),
+    Outbound(OutboundConfig, Duration),
 }
 
-impl Running {
-    /// The bound address of a listener.
-    pub fn addr(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+impl Spec {
+    fn listen(&self) -> SocketAddr {
+        match self {
+            Spec::Inbound(c, _) => c.listen,
+            Spec::Outbound(c, _) => c.listen,
+        }
     }
+}
 
-    /// Stops accepting; connections already open run on until they end.
-    pub async fn stop(mut self) {
-        let _ = self.shutdown.send(true);
-        while self.tasks.join_next().await.is_some() {}
-    }
+struct ListenerHandle {
+    spec: Spec,
+    addr: SocketAddr,
+    socket: Arc<TcpListener>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// A running proxy.
+pub struct Running {
+    pub store: Arc<CredentialStore>,
+    pub shared: Arc<Shared>,
+    /// Makes the identity source re-read now (SIGHUP): see [`crate::reload`].
+    pub reload: Reload,
+    /// The admin server's bound address, when `admin.listen` is set.
+    pub admin_addr: Option<SocketAddr>,
+    /// Flips when `POST /shutdown` asks ward to drain and exit.
+    pub shutdown_requested: watch::Receiver<bool>,
+    shutdown_tx: watch::Sender<bool>,
+    listeners: Mutex<HashMap<String, ListenerHandle>>,
+    config_json: Arc<ArcSwap<serde_json::Value>>,
+    stop_background: watch::Sender<bool>,
+    background: Vec<JoinHandle<()>>,
 }
 
 /// Starts the identity source named by the config.
@@ -112,15 +137,152 @@ pub fn identity_source(config: &Config) -> Result<IdentityUpdates, StartError> {
     Err(StartError::Identity("no identity source configured".into()))
 }
 
-/// Loads the first identity, binds every listener and starts serving.
-pub async fn start(config: &Config, audit: AuditLog) -> Result<Running, StartError> {
-    let mut policies = std::collections::HashMap::new();
+/// The effective config as JSON (paths only: ward's config holds no secrets).
+pub fn effective_json(config: &Config) -> serde_json::Value {
+    serde_json::to_value(config).unwrap_or_default()
+}
+
+fn compile(config: &Config) -> Result<Settings, StartError> {
+    let mut policies = HashMap::new();
     for (name, spec) in &config.policies {
         let policy = Policy::compile(name, &spec.value).map_err(|e| StartError::Config(e.to_string()))?;
         policies.insert(name.clone(), Arc::new(policy));
     }
+    let own_ports = config
+        .inbound
+        .iter()
+        .map(|l| l.value.listen.port())
+        .chain(config.outbound.iter().map(|l| l.value.listen.port()))
+        .chain(config.admin.iter().map(|a| a.value.listen.port()))
+        .filter(|p| *p != 0)
+        .collect();
+    Ok(Settings {
+        policies,
+        connect_timeout: config.connect_timeout,
+        detect_timeout: config.detect_timeout,
+        idle_timeout: config.idle_timeout,
+        request_header_timeout: config.request_header_timeout,
+        max_connection_lifetime: config.max_connection_lifetime,
+        own_ports,
+    })
+}
 
+fn specs(config: &Config) -> Vec<(String, Spec)> {
+    let ins = config.inbound.iter().map(|l| {
+        let ht = l.value.handshake_timeout.unwrap_or(config.handshake_timeout);
+        (l.value.name.clone(), Spec::Inbound(l.value.clone(), ht))
+    });
+    let outs = config.outbound.iter().map(|l| {
+        let ht = l.value.handshake_timeout.unwrap_or(config.handshake_timeout);
+        (l.value.name.clone(), Spec::Outbound(l.value.clone(), ht))
+    });
+    ins.chain(outs).collect()
+}
+
+async fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
+        name: name.to_owned(),
+        addr,
+        source,
+    })
+}
+
+/// Starts the accept loop of one listener on an already bound socket.
+fn launch(
+    name: &str,
+    spec: Spec,
+    socket: Arc<TcpListener>,
+    shared: &Arc<Shared>,
+) -> Result<ListenerHandle, StartError> {
+    let addr = socket.local_addr().unwrap_or(spec.listen());
+    let (stop, stop_rx) = watch::channel(false);
+    let task = match &spec {
+        Spec::Inbound(c, ht) => {
+            let ib = Arc::new(Inbound {
+                name: Arc::from(name),
+                spec: c.clone(),
+                handshake_timeout: *ht,
+                app: c
+                    .forward
+                    .map(|f| AppClient::new(f, shared.settings.load().connect_timeout)),
+                metrics: shared.metrics.listener(name, Direction::Inbound),
+                open: Arc::default(),
+            });
+            tokio::spawn(inbound::serve(socket.clone(), ib, shared.clone(), stop_rx))
+        }
+        Spec::Outbound(c, ht) => {
+            let ob = Outbound::new(
+                name,
+                c.clone(),
+                *ht,
+                shared.metrics.listener(name, Direction::Outbound),
+            )
+            .map_err(|e| StartError::Config(format!("outbound {name:?}: {e}")))?;
+            tokio::spawn(outbound::serve(
+                socket.clone(),
+                Arc::new(ob),
+                shared.clone(),
+                stop_rx,
+            ))
+        }
+    };
+    tracing::info!(listener = %name, %addr, "listening");
+    Ok(ListenerHandle {
+        spec,
+        addr,
+        socket,
+        stop,
+        task,
+    })
+}
+
+/// Starts the admin server (if configured), loads the first valid identity, binds every
+/// listener and starts serving.
+pub async fn start(config: &Config, audit: AuditLog) -> Result<Running, StartError> {
+    let settings = compile(config)?;
+    let metrics = Arc::new(Metrics::new());
     let store = Arc::new(CredentialStore::new(TlsOptions::default()));
+    let (stop_background, stop_rx) = watch::channel(false);
+    let (draining, _) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        store: store.clone(),
+        audit,
+        metrics: metrics.clone(),
+        settings: ArcSwap::from_pointee(settings),
+        policy_gen: watch::channel(0).0,
+        draining,
+        open: Arc::new(OpenCount::default()),
+    });
+    let config_json = Arc::new(ArcSwap::from_pointee(effective_json(config)));
+    let (listening_tx, listening_rx) = watch::channel(false);
+    let (shutdown_tx, shutdown_requested) = watch::channel(false);
+    let mut background = Vec::new();
+
+    let admin_addr = match &config.admin {
+        Some(a) => {
+            let socket = admin::bind(a.value.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    name: "admin".into(),
+                    addr: a.value.listen,
+                    source,
+                })?;
+            let addr = socket.local_addr().unwrap_or(a.value.listen);
+            let state = Arc::new(AdminState {
+                store: store.clone(),
+                metrics: metrics.clone(),
+                config: config_json.clone(),
+                listening: listening_rx,
+                draining: shared.draining.subscribe(),
+                shutdown: shutdown_tx.clone(),
+            });
+            background.push(tokio::spawn(admin::serve(socket, state, stop_rx.clone())));
+            tracing::info!(%addr, "admin server listening");
+            Some(addr)
+        }
+        None => None,
+    };
+
     let mut updates = identity_source(config)?;
     let reload = updates.reload();
     // Not ready, and nothing listens, until a first valid identity has loaded: a refused one
@@ -128,7 +290,9 @@ pub async fn start(config: &Config, audit: AuditLog) -> Result<Running, StartErr
     loop {
         match updates.recv().await {
             Some(update) => {
-                if store.apply(update) == UpdateResult::Applied {
+                let result = store.apply(update);
+                count_rotation(&metrics, &store, result);
+                if result == UpdateResult::Applied {
                     break;
                 }
                 tracing::warn!("waiting for a valid identity before opening the listeners");
@@ -140,93 +304,176 @@ pub async fn start(config: &Config, audit: AuditLog) -> Result<Running, StartErr
             }
         }
     }
-    let (shutdown, shutdown_rx) = watch::channel(false);
-    let mut tasks = JoinSet::new();
     let rotation_store = store.clone();
-    let mut stop_rotation = shutdown_rx.clone();
-    tasks.spawn(async move {
+    let rotation_metrics = metrics.clone();
+    let mut stop_rotation = stop_rx.clone();
+    background.push(tokio::spawn(async move {
         loop {
             tokio::select! {
                 update = updates.recv() => match update {
-                    Some(update) => { rotation_store.apply(update); }
+                    Some(update) => {
+                        let result = rotation_store.apply(update);
+                        count_rotation(&rotation_metrics, &rotation_store, result);
+                    }
                     None => return,
                 },
                 _ = stop_rotation.changed() => return,
             }
         }
-    });
+    }));
 
-    let shared = Arc::new(Shared {
-        store: store.clone(),
-        audit,
-        connect_timeout: config.connect_timeout,
-    });
-    let mut listeners = Vec::new();
-    for l in &config.inbound {
-        let l = &l.value;
-        let listener = bind(&l.name, l.listen).await?;
-        listeners.push((l.name.clone(), listener.local_addr().unwrap_or(l.listen)));
-        let policy = policies
-            .get(&l.policy)
-            .cloned()
-            .ok_or_else(|| StartError::Config(format!("inbound {:?}: no policy {:?}", l.name, l.policy)))?;
-        let ib = Arc::new(Inbound {
-            name: Arc::from(l.name.as_str()),
-            forward: l.forward,
-            protocol: l.protocol,
-            mtls: l.mtls,
-            policy,
-            handshake_timeout: l.handshake_timeout.unwrap_or(config.handshake_timeout),
-            detect_timeout: config.detect_timeout,
-            xfcc: l.xfcc,
-            app_protocol: l.app_protocol,
-            app: AppClient::new(l.forward, config.connect_timeout),
-        });
-        tasks.spawn(inbound::serve(listener, ib, shared.clone(), shutdown_rx.clone()));
+    let mut listeners = HashMap::new();
+    for (name, spec) in specs(config) {
+        let socket = Arc::new(bind(&name, spec.listen()).await?);
+        listeners.insert(name.clone(), launch(&name, spec, socket, &shared)?);
     }
-    for l in &config.outbound {
-        let l = &l.value;
-        let server_id = Pattern::parse_spiffe(&l.server_id)
-            .map_err(|e| StartError::Config(format!("outbound {:?}: server_id: {e}", l.name)))?;
-        let listener = bind(&l.name, l.listen).await?;
-        listeners.push((l.name.clone(), listener.local_addr().unwrap_or(l.listen)));
-        let handshake_timeout = l.handshake_timeout.unwrap_or(config.handshake_timeout);
-        let ob = Arc::new(Outbound {
-            name: Arc::from(l.name.as_str()),
-            forward: l.forward,
-            server_id_rule: Arc::from(format!("server_id {}", l.server_id)),
-            pool: PeerPool::new(
-                l.forward,
-                server_id.clone(),
-                store.clone(),
-                config.connect_timeout,
-                handshake_timeout,
-            ),
-            server_id,
-            handshake_timeout,
-            protocol: l.protocol,
-            detect_timeout: config.detect_timeout,
-        });
-        tasks.spawn(outbound::serve(listener, ob, shared.clone(), shutdown_rx.clone()));
-    }
-    for (name, addr) in &listeners {
-        tracing::info!(listener = %name, %addr, "listening");
-    }
+    let _ = listening_tx.send(true);
+    background.push(tokio::spawn(async move {
+        // Keep the sender alive for the admin's readiness view.
+        let _keep = listening_tx;
+        std::future::pending::<()>().await;
+    }));
     Ok(Running {
-        listeners,
         store,
+        shared,
         reload,
-        shutdown,
-        tasks,
+        admin_addr,
+        shutdown_requested,
+        shutdown_tx,
+        listeners: Mutex::new(listeners),
+        config_json,
+        stop_background,
+        background,
     })
 }
 
-async fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
-        name: name.to_owned(),
-        addr,
-        source,
-    })
+fn count_rotation(metrics: &Metrics, store: &CredentialStore, result: UpdateResult) {
+    match result {
+        UpdateResult::Applied => metrics.rotation("applied"),
+        UpdateResult::Refused(reason) => metrics.rotation(reason),
+    }
+    if let Some(not_after) = store.not_after() {
+        metrics.identity_expiry.set(not_after);
+    }
+}
+
+impl Running {
+    /// The bound address of a listener.
+    pub fn addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners.try_lock().ok()?.get(name).map(|l| l.addr)
+    }
+
+    /// Every listener's name and bound address.
+    pub async fn listeners(&self) -> Vec<(String, SocketAddr)> {
+        let mut v: Vec<_> = self
+            .listeners
+            .lock()
+            .await
+            .iter()
+            .map(|(n, l)| (n.clone(), l.addr))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Applies a new, checked config: policies and settings swap atomically; listeners whose
+    /// spec changed restart (keeping their socket when the address is the same); new ones
+    /// bind; removed ones stop accepting. Refused whole when anything fails; live connections
+    /// are then re-checked against the new policies.
+    pub async fn apply(&self, config: &Config) -> Result<(), StartError> {
+        let settings = compile(config)?;
+        let mut current = self.listeners.lock().await;
+        let wanted = specs(config);
+        // Bind what is new first, so a bind failure leaves everything as it was.
+        let mut sockets: HashMap<String, Arc<TcpListener>> = HashMap::new();
+        for (name, spec) in &wanted {
+            match current.get(name) {
+                Some(l) if l.spec == *spec => {}
+                Some(l) if l.spec.listen() == spec.listen() => {
+                    sockets.insert(name.clone(), l.socket.clone());
+                }
+                _ => {
+                    let reuse = current
+                        .values()
+                        .find(|l| l.spec.listen() == spec.listen() && spec.listen().port() != 0);
+                    let socket = match reuse {
+                        Some(l) => l.socket.clone(),
+                        None => Arc::new(bind(name, spec.listen()).await?),
+                    };
+                    sockets.insert(name.clone(), socket);
+                }
+            }
+        }
+        self.shared.settings.store(Arc::new(settings));
+        let names: Vec<&String> = wanted.iter().map(|(n, _)| n).collect();
+        current.retain(|name, l| {
+            let keep = names.contains(&name);
+            if !keep {
+                tracing::info!(listener = %name, "listener removed by reload");
+                let _ = l.stop.send(true);
+            }
+            keep
+        });
+        for (name, spec) in wanted {
+            if let Some(socket) = sockets.remove(&name) {
+                if let Some(old) = current.remove(&name) {
+                    let _ = old.stop.send(true);
+                    tracing::info!(listener = %name, "listener restarted by reload");
+                }
+                let handle = launch(&name, spec, socket, &self.shared)?;
+                current.insert(name, handle);
+            }
+        }
+        self.config_json.store(Arc::new(effective_json(config)));
+        self.shared.policy_gen.send_modify(|g| *g += 1);
+        Ok(())
+    }
+
+    /// Drains: not ready, listeners stop accepting, HTTP connections finish their requests and
+    /// close, and open connections get up to `timeout` to end. Returns how many were still
+    /// open when the time ran out.
+    pub async fn drain(self, timeout: Duration) -> usize {
+        let _ = self.shared.draining.send(true);
+        for l in self.listeners.lock().await.values() {
+            let _ = l.stop.send(true);
+        }
+        let open = self.shared.open.clone();
+        let left = match tokio::time::timeout(timeout, open.wait_zero()).await {
+            Ok(()) => 0,
+            Err(_) => open.get(),
+        };
+        self.finish().await;
+        left
+    }
+
+    /// Stops accepting at once; connections already open run on until they end.
+    pub async fn stop(self) {
+        for l in self.listeners.lock().await.values() {
+            let _ = l.stop.send(true);
+        }
+        self.finish().await;
+    }
+
+    /// Asks for a drain, as `POST /shutdown` does.
+    pub fn request_shutdown(&self) {
+        let _ = self.shutdown_tx.send(true);
+    }
+
+    async fn finish(self) {
+        let _ = self.stop_background.send(true);
+        let handles: Vec<JoinHandle<()>> = self
+            .listeners
+            .into_inner()
+            .into_values()
+            .map(|l| l.task)
+            .collect();
+        for h in handles {
+            let _ = h.await;
+        }
+        for h in self.background {
+            h.abort();
+        }
+    }
 }
 
 /// Waits for SIGTERM or SIGINT.
@@ -239,7 +486,7 @@ pub async fn wait_for_signal() {
         return;
     };
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = int.recv() => tracing::info!("SIGINT: draining"),
     }
 }

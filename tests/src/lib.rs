@@ -254,11 +254,7 @@ impl Ward {
             .expect("tempdir");
         let audit = dir.path().join("audit.log");
         let config = dir.path().join("ward.yaml");
-        let yaml = format!(
-            "handshake_timeout: 2s\n{body}log:\n  format: json\n  audit: {}\n  level: info\n",
-            audit.display()
-        );
-        std::fs::write(&config, yaml).expect("write config");
+        std::fs::write(&config, ward_yaml(body, &audit)).expect("write config");
         let stderr = dir.path().join("stderr.log");
         let stdout = dir.path().join("stdout.log");
         let child = Command::new(ward_bin())
@@ -1005,4 +1001,465 @@ pub fn response_statuses(raw: &[u8]) -> Vec<u16> {
         .filter(|(i, _)| *i == 0 || text[..*i].ends_with('\n'))
         .filter_map(|(i, _)| text[i..].split(' ').nth(1)?.get(..3)?.parse().ok())
         .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP sidecar pairs
+
+/// The HTTP mesh's certificates: the backend's (inbound ward) and the frontend's (outbound ward).
+pub struct Ids {
+    pub pki: Pki,
+    pub backend: SvidFiles,
+    pub frontend: SvidFiles,
+}
+
+pub fn ids() -> Ids {
+    let pki = Pki::new("example.org");
+    let backend = pki.issue("backend", BACKEND);
+    let frontend = pki.issue("frontend", FRONTEND);
+    Ids {
+        pki,
+        backend,
+        frontend,
+    }
+}
+
+/// One route through the pair: an inbound listener (and its policy, both named `name`) in front
+/// of `forward`, and an outbound listener of the same name that points at it.
+pub struct Route<'a> {
+    pub name: &'a str,
+    pub forward: SocketAddr,
+    /// `protocol:` of the inbound and of the outbound listener.
+    pub protocol: (&'a str, &'a str),
+    /// More lines for the inbound listener, e.g. `    xfcc: false\n`.
+    pub extra: &'a str,
+    /// The policy's rules, YAML list items indented by 6.
+    pub rules: &'a str,
+}
+
+impl<'a> Route<'a> {
+    pub fn http(name: &'a str, forward: SocketAddr, rules: &'a str) -> Self {
+        Route {
+            name,
+            forward,
+            protocol: ("http", "http"),
+            extra: "",
+            rules,
+        }
+    }
+}
+
+/// An inbound ward (backend's SVID) and an outbound ward (frontend's SVID) with one listener
+/// each per route; `in_ports[i]`/`out_ports[i]` belong to `routes[i]`.
+pub struct Pair {
+    pub inbound: Ward,
+    pub outbound: Ward,
+    pub in_ports: Vec<u16>,
+    pub out_ports: Vec<u16>,
+}
+
+pub fn start_pair(ids: &Ids, routes: &[Route<'_>]) -> Pair {
+    let in_ports: Vec<u16> = routes.iter().map(|_| free_port()).collect();
+    let out_ports: Vec<u16> = routes.iter().map(|_| free_port()).collect();
+    let mut body = identity_yaml(&ids.backend, &[]);
+    body.push_str("inbound:\n");
+    for (r, port) in routes.iter().zip(&in_ports) {
+        body.push_str(&format!(
+            "  - name: {}\n    listen: 127.0.0.1:{port}\n    forward: {}\n    protocol: {}\n    policy: {}\n{}",
+            r.name, r.forward, r.protocol.0, r.name, r.extra
+        ));
+    }
+    body.push_str("policies:\n");
+    for r in routes {
+        body.push_str(&format!(
+            "  {}:\n    default: deny\n    rules:\n{}",
+            r.name, r.rules
+        ));
+    }
+    let inbound = Ward::start(&body, &in_ports);
+
+    let mut body = identity_yaml(&ids.frontend, &[]);
+    body.push_str("outbound:\n");
+    for ((r, port), upstream) in routes.iter().zip(&out_ports).zip(&in_ports) {
+        body.push_str(&format!(
+            "  - name: {}\n    listen: 127.0.0.1:{port}\n    forward: 127.0.0.1:{upstream}\n    protocol: {}\n    server_id: \"{BACKEND}\"\n",
+            r.name, r.protocol.1
+        ));
+    }
+    let outbound = Ward::start(&body, &out_ports);
+    Pair {
+        inbound,
+        outbound,
+        in_ports,
+        out_ports,
+    }
+}
+
+/// A rule allowing the frontend everything.
+pub fn allow_frontend() -> String {
+    format!("      - {{name: frontend, action: allow, from: [\"{FRONTEND}\"]}}\n")
+}
+
+/// The XFCC value the inbound must set for the frontend's SVID.
+pub fn expected_xfcc(ids: &Ids) -> String {
+    format!(
+        "By={BACKEND};Hash={};URI={FRONTEND}",
+        sha256_hex(&ids.frontend.der)
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operations: config rewrites, signals, exit, the admin server and its metrics
+
+/// The whole config [`Ward::start`] writes for `body`: a 2 s handshake timeout, then `body`,
+/// then a JSON audit log to `audit`.
+pub fn ward_yaml(body: &str, audit: &Path) -> String {
+    format!(
+        "handshake_timeout: 2s\n{body}log:\n  format: json\n  audit: {}\n  level: info\n",
+        audit.display()
+    )
+}
+
+/// Replaces `path` atomically (a temporary file renamed over it), so a reader polling the file
+/// never sees half of it.
+pub fn write_atomic(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp-write");
+    std::fs::write(&tmp, text).expect("write temporary file");
+    std::fs::rename(&tmp, path).expect("rename over the file");
+}
+
+impl Ward {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (`TERM`, `INT`, `HUP`, …) with `kill -s`.
+    pub fn signal(&self, signal: &str) {
+        let kill = require_tool("kill");
+        let out = run(
+            Command::new(kill)
+                .args(["-s", signal])
+                .arg(self.pid().to_string()),
+            b"",
+            WAIT,
+        );
+        assert_eq!(out.code(), 0, "kill -s {signal}: {}", out.stderr());
+    }
+
+    /// Rewrites the config file with a new `body` (same wrapping as [`Ward::start`]), atomically.
+    pub fn rewrite(&self, body: &str) {
+        write_atomic(&self.config, &ward_yaml(body, &self.audit));
+    }
+
+    /// Writes `text` as the config file verbatim (e.g. a broken config), atomically.
+    pub fn rewrite_raw(&self, text: &str) {
+        write_atomic(&self.config, text);
+    }
+
+    /// Waits at most `timeout` for the process to exit; `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits (at most `timeout`) until ward's stderr contains `needle`.
+    pub fn wait_stderr(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let err = self.stderr();
+            if err.contains(needle) {
+                return err;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ward's stderr did not show {needle:?} within {timeout:?}:\n{err}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// One HTTP/1.1 response.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Header lines, names lowercase, in order.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// The first value of header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+}
+
+/// Reads one HTTP/1.1 response from `s` (`Content-Length`, chunked, or until close). `None`
+/// when the connection ends (or fails) before a whole response head arrived.
+pub fn read_response(s: &mut TcpStream) -> Option<HttpResponse> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let mut rest = buf[head_end..].to_vec();
+    let find = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+    let mut fill = |rest: &mut Vec<u8>, want: usize| -> bool {
+        while rest.len() < want {
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => rest.extend_from_slice(&chunk[..n]),
+            }
+        }
+        true
+    };
+    let body = if let Some(len) = find("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        fill(&mut rest, len);
+        rest.truncate(len);
+        rest
+    } else if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        let mut body = Vec::new();
+        loop {
+            let line_end = loop {
+                if let Some(i) = rest.windows(2).position(|w| w == b"\r\n") {
+                    break i;
+                }
+                let more = rest.len() + 1;
+                if !fill(&mut rest, more) {
+                    return None;
+                }
+            };
+            let size_text = String::from_utf8_lossy(&rest[..line_end]).into_owned();
+            let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+            rest.drain(..line_end + 2);
+            if size == 0 {
+                break;
+            }
+            fill(&mut rest, size + 2);
+            body.extend_from_slice(&rest[..size.min(rest.len())]);
+            rest.drain(..(size + 2).min(rest.len()));
+        }
+        body
+    } else {
+        let _ = s.read_to_end(&mut rest);
+        rest
+    };
+    Some(HttpResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// Sends one HTTP/1.1 request (`Connection: close`) to 127.0.0.1:`port` and reads the answer.
+pub fn http_request(port: u16, method: &str, path: &str) -> HttpResponse {
+    let mut s = TcpStream::connect_timeout(&local(port), WAIT)
+        .unwrap_or_else(|e| panic!("connect 127.0.0.1:{port}: {e}"));
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.set_write_timeout(Some(WAIT)).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    read_response(&mut s)
+        .unwrap_or_else(|| panic!("no HTTP response to {method} {path} from 127.0.0.1:{port}"))
+}
+
+/// `GET path` on an admin server.
+pub fn admin_get(port: u16, path: &str) -> HttpResponse {
+    http_request(port, "GET", path)
+}
+
+/// One sample of a Prometheus text exposition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+/// Parses the Prometheus/OpenMetrics text format (comments skipped). Panics on a line it
+/// cannot read: the exposition must be well formed.
+pub fn parse_metrics(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("metric line without a value: {line:?}"));
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v
+                .parse()
+                .unwrap_or_else(|e| panic!("bad metric value in {line:?}: {e}")),
+        };
+        let (name, labels) = match series.split_once('{') {
+            None => (series.to_owned(), Vec::new()),
+            Some((name, rest)) => {
+                let body = rest
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("unterminated labels: {line:?}"));
+                let mut labels = Vec::new();
+                let mut rest = body;
+                while !rest.is_empty() {
+                    let (k, after) = rest
+                        .split_once("=\"")
+                        .unwrap_or_else(|| panic!("bad label in {line:?}"));
+                    // Values here never contain an escaped quote.
+                    let end = after
+                        .find('"')
+                        .unwrap_or_else(|| panic!("bad label value in {line:?}"));
+                    labels.push((k.to_owned(), after[..end].replace("\\\\", "\\")));
+                    rest = after[end + 1..].trim_start_matches(',');
+                }
+                (name.to_owned(), labels)
+            }
+        };
+        out.push(Sample { name, labels, value });
+    }
+    out
+}
+
+/// The metrics of a running ward, from its admin server.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub text: String,
+    pub samples: Vec<Sample>,
+}
+
+impl Metrics {
+    /// `GET /metrics` on the admin server at 127.0.0.1:`admin_port`.
+    pub fn scrape(admin_port: u16) -> Metrics {
+        let resp = admin_get(admin_port, "/metrics");
+        assert_eq!(resp.status, 200, "/metrics: {}", resp.text());
+        let text = resp.text();
+        Metrics {
+            samples: parse_metrics(&text),
+            text,
+        }
+    }
+
+    /// The sum of every sample named `name` whose labels include all of `labels`; `None` when
+    /// no sample matches.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let matching: Vec<f64> = self
+            .samples
+            .iter()
+            .filter(|s| {
+                s.name == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| s.labels.iter().any(|(sk, sv)| sk == k && sv == v))
+            })
+            .map(|s| s.value)
+            .collect();
+        (!matching.is_empty()).then(|| matching.iter().sum())
+    }
+
+    /// Like [`Metrics::get`], 0 when absent.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.get(name, labels).unwrap_or(0.0)
+    }
+}
+
+/// Scrapes until `pred` accepts the metrics (at most [`WAIT`]); returns the accepted scrape.
+pub fn wait_metrics(admin_port: u16, what: &str, pred: impl Fn(&Metrics) -> bool) -> Metrics {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let m = Metrics::scrape(admin_port);
+        if pred(&m) {
+            return m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics never showed {what} within {WAIT:?}:\n{}",
+            m.text
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A directory whose files change all at once, as Kubernetes' AtomicWriter does it: the files
+/// live in a generation directory, `..data` points at it, each file is a symlink through
+/// `..data`; an update renames a new `..data` over the old one.
+pub struct AtomicDir {
+    pub dir: PathBuf,
+    generation: u32,
+}
+
+impl AtomicDir {
+    pub fn new(dir: &Path, files: &[(&str, String)]) -> AtomicDir {
+        std::fs::create_dir_all(dir).expect("create dir");
+        let mut d = AtomicDir {
+            dir: dir.to_owned(),
+            generation: 0,
+        };
+        d.swap(files);
+        for (name, _) in files {
+            std::os::unix::fs::symlink(format!("..data/{name}"), dir.join(name)).expect("symlink");
+        }
+        d
+    }
+
+    pub fn swap(&mut self, files: &[(&str, String)]) {
+        self.generation += 1;
+        let old = format!("..gen_{}", self.generation - 1);
+        let new = format!("..gen_{}", self.generation);
+        std::fs::create_dir(self.dir.join(&new)).expect("generation dir");
+        for (name, text) in files {
+            std::fs::write(self.dir.join(&new).join(name), text).expect("write file");
+        }
+        let tmp = self.dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&new, &tmp).expect("symlink");
+        std::fs::rename(&tmp, self.dir.join("..data")).expect("rename ..data");
+        let _ = std::fs::remove_dir_all(self.dir.join(old));
+    }
+}
+
+/// The files of an SVID directory (`svid.pem`, `svid_key.pem`, `bundle.pem`) for `svid`
+/// signed by `pki`'s CA.
+pub fn svid_dir_files(pki: &Pki, svid: &IssuedSvid) -> Vec<(&'static str, String)> {
+    vec![
+        ("svid.pem", svid.cert_pem()),
+        ("svid_key.pem", svid.key_pem()),
+        ("bundle.pem", pki.ca.cert_pem()),
+    ]
 }

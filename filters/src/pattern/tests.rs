@@ -73,7 +73,9 @@ fn double_star_is_one_or_more_segments_below() {
     assert!(p.matches("spiffe://a.org/x/y/z"));
     assert!(!p.matches("spiffe://a.org.evil/z"));
     assert!(!p.matches("spiffe://a.org"));
-    assert!(!p.matches("spiffe://a.org/"));
+    // Not a valid SPIFFE ID (peers' IDs are validated before matching); a trailing slash
+    // counts as a segment so that path rules like `/admin/**` cover `/admin/`.
+    assert!(p.matches("spiffe://a.org/"));
     assert!(!p.matches("spiffe://a.org//x"));
     assert!(!p.matches("spiffe://a.orgx/y"));
     assert!(!p.matches("spiffe://b.org/a.org/x"));
@@ -101,8 +103,11 @@ fn path_boundaries() {
     assert!(p.matches("/api/x"));
     assert!(p.matches("/api/x/y"));
     assert!(p.matches("/api/x/"), "a trailing slash stays under /api");
-    assert!(!p.matches("/api"));
-    assert!(!p.matches("/api/"));
+    assert!(
+        !p.matches("/api"),
+        "`/**` is one or more segments below: list `/api` too to cover it"
+    );
+    assert!(p.matches("/api/"), "a deny on /api/** must cover /api/");
     assert!(!p.matches("/apix"));
     assert!(!p.matches("/apix/y"));
     assert!(!p.matches("api/x"));
@@ -116,7 +121,7 @@ fn path_boundaries() {
     let p = path("/**");
     assert!(p.matches("/x"));
     assert!(p.matches("/x/y"));
-    assert!(!p.matches("/"));
+    assert!(p.matches("/"), "`/**` covers every path, the root too");
 
     let p = path("/api/");
     assert!(p.matches("/api/"));

@@ -1,0 +1,1154 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! HTTP at L7 through two real ward processes: curl (HTTP/1.1, h2c prior knowledge, h2 over
+//! mTLS) and in-process hyper clients → outbound ward → one pooled HTTP/2 mTLS connection →
+//! inbound ward → an HTTP app that echoes what it received. Per-request policy (methods,
+//! paths, headers; deny wins), XFCC, path normalization against bypasses, request smuggling,
+//! connection reuse on both hops, and `protocol: auto`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use ward_e2e::*;
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures
+
+/// What one curl run got: the (last) response head and body, and `%{http_version}`.
+#[derive(Debug)]
+struct Curled {
+    status: u16,
+    version: String,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Curled {
+    fn header(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The app's echo of the request.
+    fn echo(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not the app's JSON echo ({e}): {self:?}"))
+    }
+}
+
+fn curl_cmd() -> Command {
+    let mut cmd = Command::new(require_tool("curl"));
+    cmd.args(["-sS", "--max-time", "5"]);
+    cmd
+}
+
+/// curl `args` (one URL), which must succeed at the transport level.
+fn curl(args: &[&str]) -> Curled {
+    let out = run(
+        curl_cmd()
+            .args(["-i", "-w", "\n%{http_code} %{http_version}"])
+            .args(args),
+        b"",
+        Duration::from_secs(8),
+    );
+    assert_eq!(
+        out.code(),
+        0,
+        "curl {args:?} failed\nstdout:\n{}\nstderr:\n{}",
+        out.stdout(),
+        out.stderr()
+    );
+    let stdout = out.stdout();
+    let (mut rest, tail) = stdout.rsplit_once('\n').unwrap();
+    let (status, version) = tail.split_once(' ').unwrap();
+    // Skip interim responses (100 Continue): take the last head.
+    let mut head = "";
+    while rest.starts_with("HTTP/") {
+        let (h, b) = rest.split_once("\r\n\r\n").unwrap_or((rest, ""));
+        head = h;
+        rest = b;
+    }
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Curled {
+        status: status.parse().unwrap(),
+        version: version.to_owned(),
+        headers,
+        body: rest.to_owned(),
+    }
+}
+
+/// curl over several URLs in one run (so one connection when it can): the status of each.
+fn curl_statuses(args: &[&str], urls: &[String]) -> Vec<u16> {
+    let out = run(
+        curl_cmd()
+            .args(["--max-time", "20", "-w", "\n@@%{http_code}\n"])
+            .args(args)
+            .args(urls),
+        b"",
+        Duration::from_secs(25),
+    );
+    assert_eq!(out.code(), 0, "curl failed:\n{}", out.stderr());
+    out.stdout()
+        .lines()
+        .filter_map(|l| l.strip_prefix("@@"))
+        .map(|c| c.parse().unwrap())
+        .collect()
+}
+
+/// The `kind: request` records of a ward's audit log, at least `n` of them.
+fn requests(ward: &Ward, n: usize) -> Vec<Value> {
+    ward.wait_records(n, "of kind request", |r| r["kind"] == "request")
+}
+
+fn distinct(records: &[Value], key: &str) -> BTreeSet<String> {
+    records.iter().map(|r| r[key].to_string()).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients through the pair
+
+/// HTTP/1.1 and h2c (prior knowledge) from curl to the outbound: the app gets the request with
+/// Host kept, hop-by-hop headers gone, the body, and ward's XFCC; both wards write a request
+/// record with status, bytes and duration.
+#[test]
+fn curl_http1_and_h2c_reach_the_app_through_both_sidecars() {
+    let ids = ids();
+    let app = HttpApp::spawn();
+    let rules = allow_frontend();
+    let pair = start_pair(&ids, &[Route::http("backend", app.addr, &rules)]);
+    let out = pair.out_ports[0];
+    let body = "x".repeat(1000);
+
+    // HTTP/1.1, with hop-by-hop headers that must not cross and a Host that must.
+    let got = curl(&[
+        "--http1.1",
+        "--data-binary",
+        &body,
+        "-H",
+        "Host: api.internal:8080",
+        "-H",
+        "Connection: keep-alive, x-hop",
+        "-H",
+        "x-hop: secret",
+        "-H",
+        "Proxy-Authorization: Basic Zm9vOmJhcg==",
+        "-H",
+        "x-end-to-end: kept",
+        &format!("http://127.0.0.1:{out}/echo/one?hop=1&q=2"),
+    ]);
+    assert_eq!((got.status, got.version.as_str()), (200, "1.1"), "{got:?}");
+    let echo = got.echo();
+    assert_eq!(echo["method"], "POST", "{echo}");
+    assert_eq!(echo["target"], "/echo/one?hop=1&q=2", "{echo}");
+    assert_eq!(
+        echo["version"], "HTTP/1.1",
+        "a plain request goes to the app as HTTP/1.1"
+    );
+    assert_eq!(echo["body_len"], 1000, "{echo}");
+    let h = &echo["headers"];
+    assert_eq!(
+        h["host"],
+        serde_json::json!(["api.internal:8080"]),
+        "Host is kept: {echo}"
+    );
+    assert_eq!(h["x-end-to-end"], serde_json::json!(["kept"]), "{echo}");
+    assert_eq!(
+        h["x-forwarded-client-cert"],
+        serde_json::json!([expected_xfcc(&ids)]),
+        "{echo}"
+    );
+    for hop in ["x-hop", "proxy-authorization", "keep-alive", "upgrade"] {
+        assert!(h.get(hop).is_none(), "hop-by-hop {hop} reached the app: {echo}");
+    }
+    // The app's own hop-by-hop response headers do not reach the client; the rest do.
+    assert_eq!(got.header("x-app"), ["echo"], "{got:?}");
+    assert!(got.header("x-app-hop").is_empty(), "{got:?}");
+    assert!(
+        !got.header("keep-alive").iter().any(|v| v.contains("timeout=30")),
+        "{got:?}"
+    );
+
+    // h2c with prior knowledge from the app side.
+    let got2 = curl(&[
+        "--http2-prior-knowledge",
+        &format!("http://127.0.0.1:{out}/echo/two"),
+    ]);
+    assert_eq!((got2.status, got2.version.as_str()), (200, "2"), "{got2:?}");
+    let echo2 = got2.echo();
+    assert_eq!(echo2["method"], "GET", "{echo2}");
+    assert_eq!(echo2["target"], "/echo/two", "{echo2}");
+    assert_eq!(
+        echo2["headers"]["host"],
+        serde_json::json!([format!("127.0.0.1:{out}")]),
+        ":authority becomes Host: {echo2}"
+    );
+    assert_eq!(
+        echo2["headers"]["x-forwarded-client-cert"],
+        serde_json::json!([expected_xfcc(&ids)]),
+        "{echo2}"
+    );
+    assert_eq!(app.count(), 2);
+
+    // One request record per request on each side, with the issue's fields.
+    let inbound = requests(&pair.inbound, 2);
+    let post = &inbound[0];
+    assert_eq!(post["method"], "POST", "{post}");
+    assert_eq!(
+        post["path"], "/echo/one",
+        "the query is not part of the path: {post}"
+    );
+    assert_eq!(post["authority"], "api.internal:8080", "{post}");
+    assert_eq!(post["status"], 200, "{post}");
+    assert_eq!(post["decision"], "allow", "{post}");
+    assert_eq!(post["rule"], "frontend", "{post}");
+    assert_eq!(post["peer_id"], FRONTEND, "{post}");
+    assert_eq!(post["peer_serial"], ids.frontend.serial.as_str(), "{post}");
+    assert_eq!(post["listener"], "backend", "{post}");
+    assert_eq!(post["direction"], "inbound", "{post}");
+    assert_eq!(post["bytes_in"], 1000, "request body bytes: {post}");
+    assert_eq!(post["bytes_out"], got.body.len(), "response body bytes: {post}");
+    assert!(post["duration_ms"].is_u64(), "{post}");
+    let get = &inbound[1];
+    assert_eq!(
+        (
+            get["method"].as_str(),
+            get["path"].as_str(),
+            get["status"].as_u64()
+        ),
+        (Some("GET"), Some("/echo/two"), Some(200)),
+        "{get}"
+    );
+    assert_eq!(get["bytes_out"], got2.body.len(), "{get}");
+
+    let outbound = requests(&pair.outbound, 2);
+    let post = &outbound[0];
+    assert_eq!(post["listener"], "backend", "{post}");
+    assert_eq!(post["direction"], "outbound", "{post}");
+    assert_eq!(post["peer_id"], BACKEND, "the server's ID: {post}");
+    assert_eq!(post["method"], "POST", "{post}");
+    assert_eq!(post["path"], "/echo/one", "{post}");
+    assert_eq!(post["status"], 200, "{post}");
+    assert_eq!(post["bytes_in"], 1000, "{post}");
+    assert_eq!(post["bytes_out"], got.body.len(), "{post}");
+    assert!(post["duration_ms"].is_u64(), "{post}");
+    assert_eq!(outbound[1]["status"], 200, "{}", outbound[1]);
+
+    // Two client connections, one sidecar-to-sidecar connection.
+    assert_eq!(distinct(&outbound, "src").len(), 2, "{outbound:?}");
+    assert_eq!(distinct(&inbound, "src").len(), 1, "{inbound:?}");
+    for w in [&pair.inbound, &pair.outbound] {
+        w.assert_no_panic();
+    }
+}
+
+/// curl straight to the inbound over mTLS with the frontend's SVID: HTTP/2 by ALPN, XFCC from
+/// the presented leaf, a forged XFCC dropped; `app_protocol: http2` speaks h2c to the app; an
+/// SVID that no request could be allowed for is refused at the connection.
+#[test]
+fn curl_h2_with_an_svid_straight_to_the_inbound() {
+    let ids = ids();
+    let intruder = ids.pki.issue("intruder", INTRUDER);
+    let app = HttpApp::spawn();
+    let rules = allow_frontend();
+    let (p1, p2) = (free_port(), free_port());
+    let body = format!(
+        "{}inbound:\n\
+         \x20 - {{name: backend, listen: \"127.0.0.1:{p1}\", forward: \"{app}\", protocol: http, policy: backend}}\n\
+         \x20 - {{name: backend-h2, listen: \"127.0.0.1:{p2}\", forward: \"{app}\", protocol: http, policy: backend, app_protocol: http2}}\n\
+         policies:\n  backend:\n    default: deny\n    rules:\n{rules}",
+        identity_yaml(&ids.backend, &[]),
+        app = app.addr
+    );
+    let inbound = Ward::start(&body, &[p1, p2]);
+    let cert = ids.frontend.cert.to_str().unwrap();
+    let key = ids.frontend.key.to_str().unwrap();
+
+    let got = curl(&[
+        "--http2",
+        "-k",
+        "--cert",
+        cert,
+        "--key",
+        key,
+        "-H",
+        "x-forwarded-client-cert: By=evil;URI=spiffe://example.org/ns/default/sa/admin",
+        &format!("https://127.0.0.1:{p1}/direct?x=1"),
+    ]);
+    assert_eq!(got.status, 200, "{got:?}");
+    assert_eq!(got.version, "2", "ALPN must choose HTTP/2: {got:?}");
+    let echo = got.echo();
+    assert_eq!(echo["target"], "/direct?x=1", "{echo}");
+    assert_eq!(echo["version"], "HTTP/1.1", "{echo}");
+    assert_eq!(
+        echo["headers"]["host"],
+        serde_json::json!([format!("127.0.0.1:{p1}")]),
+        "{echo}"
+    );
+    assert_eq!(
+        echo["headers"]["x-forwarded-client-cert"],
+        serde_json::json!([expected_xfcc(&ids)]),
+        "only ward's XFCC, Hash = SHA-256 of the frontend's leaf: {echo}"
+    );
+
+    // HTTP/1.1 from the client, h2c to the app.
+    let got = curl(&[
+        "--http1.1",
+        "-k",
+        "--cert",
+        cert,
+        "--key",
+        key,
+        &format!("https://127.0.0.1:{p2}/to-h2-app"),
+    ]);
+    assert_eq!((got.status, got.version.as_str()), (200, "1.1"), "{got:?}");
+    let echo = got.echo();
+    assert_eq!(echo["version"], "HTTP/2.0", "app_protocol: http2: {echo}");
+    assert_eq!(echo["target"], "/to-h2-app", "{echo}");
+    assert_eq!(
+        echo["headers"]["x-forwarded-client-cert"],
+        serde_json::json!([expected_xfcc(&ids)]),
+        "{echo}"
+    );
+    assert_eq!(app.count(), 2);
+
+    let r = requests(&inbound, 2);
+    assert_eq!(r[0]["peer_id"], FRONTEND, "{}", r[0]);
+    assert_eq!(r[0]["path"], "/direct", "{}", r[0]);
+    assert_eq!(r[1]["listener"], "backend-h2", "{}", r[1]);
+
+    // The intruder's SVID is valid, but nothing is allowed for it: refused before any request.
+    let seen = inbound.records().len();
+    let out = run(
+        curl_cmd()
+            .args(["--http2", "-k", "--cert"])
+            .arg(&intruder.cert)
+            .arg("--key")
+            .arg(&intruder.key)
+            .arg(format!("https://127.0.0.1:{p1}/intrude")),
+        b"",
+        Duration::from_secs(8),
+    );
+    assert_ne!(out.code(), 0, "the intruder got an answer: {}", out.stdout());
+    let deny = inbound.wait_record_after(seen, "deny for the intruder", |r| r["decision"] == "deny");
+    assert_eq!(deny["peer_id"], INTRUDER, "{deny}");
+    assert_eq!(app.count(), 2, "the app saw the intruder");
+    inbound.assert_no_panic();
+}
+
+/// A caller's XFCC never reaches the app, whatever its spelling or count: the app sees only
+/// ward's value, or, with `xfcc: false`, none at all.
+#[test]
+fn forged_xfcc_is_removed_and_xfcc_false_sets_none() {
+    let ids = ids();
+    let app = HttpApp::spawn();
+    let rules = allow_frontend();
+    let pair = start_pair(
+        &ids,
+        &[
+            Route::http("backend", app.addr, &rules),
+            Route {
+                extra: "    xfcc: false\n",
+                ..Route::http("noxfcc", app.addr, &rules)
+            },
+        ],
+    );
+    let forged = [
+        "-H",
+        "x-forwarded-client-cert: By=evil;URI=spiffe://example.org/ns/default/sa/admin",
+        "-H",
+        "X-Forwarded-Client-Cert: URI=spiffe://example.org/ns/default/sa/root",
+    ];
+    for (i, port) in pair.out_ports.iter().enumerate() {
+        for version in ["--http1.1", "--http2-prior-knowledge"] {
+            let url = format!("http://127.0.0.1:{port}/xfcc/{i}");
+            let mut args = vec![version];
+            args.extend(forged);
+            args.push(&url);
+            let got = curl(&args);
+            assert_eq!(got.status, 200, "{got:?}");
+            let xfcc = &got.echo()["headers"]["x-forwarded-client-cert"];
+            if i == 0 {
+                assert_eq!(
+                    *xfcc,
+                    serde_json::json!([expected_xfcc(&ids)]),
+                    "{version}: {got:?}"
+                );
+            } else {
+                assert!(
+                    xfcc.is_null(),
+                    "xfcc: false must set none and drop forged ones: {got:?}"
+                );
+            }
+        }
+    }
+    let seen = app.seen();
+    assert_eq!(seen.len(), 4);
+    for s in &seen {
+        assert!(
+            !s.header("x-forwarded-client-cert")
+                .iter()
+                .any(|v| v.contains("evil") || v.contains("sa/admin") || v.contains("sa/root")),
+            "a forged XFCC reached the app: {s:?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connection reuse
+
+/// 200 requests from one curl over one keep-alive connection: all succeed, the outbound sees
+/// one client connection (one `src` in its records) and the inbound one pooled connection.
+#[test]
+fn two_hundred_keepalive_requests_reuse_one_connection() {
+    let ids = ids();
+    let app = HttpApp::spawn();
+    let rules = allow_frontend();
+    let pair = start_pair(&ids, &[Route::http("backend", app.addr, &rules)]);
+    let urls: Vec<String> = (0..200)
+        .map(|i| format!("http://127.0.0.1:{}/ka/{i}", pair.out_ports[0]))
+        .collect();
+    let out = run(
+        curl_cmd()
+            .args([
+                "--max-time",
+                "20",
+                "--http1.1",
+                "-w",
+                // (A leading '@' would make curl read the format from a file.)
+                "\n@@%{http_code} %{num_connects}\n",
+            ])
+            .args(&urls),
+        b"",
+        Duration::from_secs(25),
+    );
+    assert_eq!(out.code(), 0, "curl failed:\n{}", out.stderr());
+    let stdout = out.stdout();
+    let lines: Vec<&str> = stdout
+        .split("@@")
+        .skip(1)
+        .map(|l| l.lines().next().unwrap_or_default())
+        .collect();
+    assert_eq!(lines.len(), 200, "{stdout}");
+    assert!(lines.iter().all(|l| l.starts_with("200 ")), "{lines:?}");
+    let connects: u32 = lines.iter().map(|l| l[4..].trim().parse::<u32>().unwrap()).sum();
+    assert_eq!(connects, 1, "curl opened more than one connection: {lines:?}");
+
+    let want: BTreeSet<String> = (0..200).map(|i| format!("/ka/{i}")).collect();
+    let got: BTreeSet<String> = app.seen().into_iter().map(|s| s.target).collect();
+    assert_eq!(got, want);
+
+    let outbound = requests(&pair.outbound, 200);
+    assert_eq!(outbound.len(), 200);
+    assert!(outbound.iter().all(|r| r["status"] == 200), "{outbound:?}");
+    let srcs = distinct(&outbound, "src");
+    assert_eq!(srcs.len(), 1, "200 requests over one client connection: {srcs:?}");
+    let inbound = requests(&pair.inbound, 200);
+    assert_eq!(inbound.len(), 200);
+    assert!(
+        inbound
+            .iter()
+            .all(|r| r["status"] == 200 && r["decision"] == "allow")
+    );
+    let srcs = distinct(&inbound, "src");
+    assert_eq!(srcs.len(), 1, "one sidecar-to-sidecar connection: {srcs:?}");
+}
+
+/// 100 requests, 5 each over 20 concurrent client connections (opened together, each request
+/// held 40 ms at the app so they overlap), all ride ONE HTTP/2 connection between the wards.
+#[test]
+fn concurrent_requests_share_one_sidecar_to_sidecar_connection() {
+    use http_body_util::{BodyExt as _, Empty};
+    use hyper_util::rt::TokioIo;
+
+    let ids = ids();
+    let app = HttpApp::spawn();
+    let rules = allow_frontend();
+    let pair = start_pair(&ids, &[Route::http("backend", app.addr, &rules)]);
+    let out = pair.out_ports[0];
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let results: Vec<(u16, String, String)> = rt.block_on(async move {
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(20));
+        let mut tasks = tokio::task::JoinSet::new();
+        for c in 0..20 {
+            let barrier = barrier.clone();
+            tasks.spawn(async move {
+                let tcp = tokio::net::TcpStream::connect(local(out)).await.unwrap();
+                let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                barrier.wait().await;
+                let mut got = Vec::new();
+                for i in 0..5 {
+                    let want = format!("/c/{c}/{i}?delay_ms=40");
+                    let req = http::Request::get(want.as_str())
+                        .header("host", format!("127.0.0.1:{out}"))
+                        .body(Empty::<bytes::Bytes>::new())
+                        .unwrap();
+                    send.ready().await.unwrap();
+                    let resp = send.send_request(req).await.unwrap();
+                    let status = resp.status().as_u16();
+                    let body = resp.into_body().collect().await.unwrap().to_bytes();
+                    let echo: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    got.push((status, want, echo["target"].as_str().unwrap_or("").to_owned()));
+                }
+                got
+            });
+        }
+        let all = tokio::time::timeout(WAIT * 2, async {
+            let mut all = Vec::new();
+            while let Some(r) = tasks.join_next().await {
+                all.extend(r.unwrap());
+            }
+            all
+        });
+        all.await.expect("100 requests within 10 s")
+    });
+    assert_eq!(results.len(), 100);
+    for (status, want, target) in &results {
+        assert_eq!((*status, target), (200, want), "request {want}");
+    }
+    assert_eq!(app.count(), 100);
+
+    let outbound = requests(&pair.outbound, 100);
+    assert_eq!(distinct(&outbound, "src").len(), 20, "20 client connections");
+    let inbound = requests(&pair.inbound, 100);
+    assert_eq!(inbound.len(), 100);
+    let srcs = distinct(&inbound, "src");
+    assert_eq!(
+        srcs.len(),
+        1,
+        "every request must ride the one pooled HTTP/2 connection: {srcs:?}"
+    );
+    assert!(inbound.iter().all(|r| r["status"] == 200), "{inbound:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Policy
+
+/// 403 for a method, a path or a header condition not allowed, and for a deny rule that beats
+/// an allow rule; each with a request record naming the rule; the app sees none of them.
+#[test]
+fn requests_denied_by_method_path_and_header_get_403_and_never_reach_the_app() {
+    let ids = ids();
+    let app = HttpApp::spawn();
+    let rules = format!(
+        "      - {{name: reads, action: allow, from: [\"{FRONTEND}\"], methods: [GET, HEAD], paths: [\"/api/*\", \"/public/**\"]}}\n\
+         \x20     - {{name: writes, action: allow, from: [\"{FRONTEND}\"], methods: [POST], paths: [\"/api/*\"], headers: [{{name: x-csrf, present: true}}]}}\n\
+         \x20     - {{name: legacy, action: allow, from: [\"{FRONTEND}\"], methods: [GET], paths: [\"/legacy/*\"], headers: [{{name: x-new-client, present: false}}]}}\n\
+         \x20     - {{name: no-debug, action: deny, headers: [{{name: X-Debug, value: \"1\"}}]}}\n\
+         \x20     - {{name: secret, action: deny, from: [\"{FRONTEND}\"], paths: [\"/api/secret\"]}}\n"
+    );
+    let pair = start_pair(&ids, &[Route::http("backend", app.addr, &rules)]);
+    let out = pair.out_ports[0];
+
+    // (case, curl options, path, status, deciding rule)
+    type Case<'a> = (&'a str, &'a [&'a str], &'a str, u16, Option<&'a str>);
+    let cases: &[Case<'_>] = &[
+        ("get", &[], "/api/items", 200, Some("reads")),
+        ("head", &["-I"], "/api/items", 200, Some("reads")),
+        ("delete", &["-X", "DELETE"], "/api/items", 403, None),
+        ("put", &["-X", "PUT"], "/public/a", 403, None),
+        ("other-path", &[], "/other", 403, None),
+        ("two-segments", &[], "/api/a/b", 403, None),
+        ("bare-prefix", &[], "/public", 403, None),
+        ("deep", &[], "/public/a/b/c", 200, Some("reads")),
+        ("post-no-csrf", &["--data", "a=1"], "/api/items", 403, None),
+        (
+            "post-csrf",
+            &["--data", "a=1", "-H", "x-csrf: t"],
+            "/api/items",
+            200,
+            Some("writes"),
+        ),
+        (
+            "debug-1",
+            &["-H", "X-Debug: 1"],
+            "/api/items",
+            403,
+            Some("no-debug"),
+        ),
+        (
+            "debug-1-post",
+            &["--data", "a", "-H", "x-csrf: t", "-H", "x-debug: 1"],
+            "/api/items",
+            403,
+            Some("no-debug"),
+        ),
+        ("debug-0", &["-H", "x-debug: 0"], "/api/items", 200, Some("reads")),
+        ("deny-beats-allow", &[], "/api/secret", 403, Some("secret")),
+        (
+            "query-ignored",
+            &[],
+            "/api/secret?p=/api/items",
+            403,
+            Some("secret"),
+        ),
+        (
+            "query-ignored-ok",
+            &[],
+            "/api/items?p=/api/secret",
+            200,
+            Some("reads"),
+        ),
+        ("legacy", &[], "/legacy/x", 200, Some("legacy")),
+        ("legacy-new", &["-H", "x-new-client: 1"], "/legacy/x", 403, None),
+    ];
+    for (case, opts, path, status, _) in cases {
+        let url = format!("http://127.0.0.1:{out}{path}");
+        let header = format!("x-case: {case}");
+        let mut args: Vec<&str> = opts.to_vec();
+        args.extend(["-H", &header, &url]);
+        let got = curl(&args);
+        assert_eq!(got.status, *status, "{case}: {got:?}");
+        if *status == 403 {
+            assert_eq!(got.body, "ward: access denied\n", "{case}: a short text body");
+        }
+    }
+
+    // The app saw exactly the allowed requests.
+    let allowed: BTreeSet<&str> = cases.iter().filter(|c| c.3 == 200).map(|c| c.0).collect();
+    let seen: Vec<String> = app.seen().iter().map(|s| s.header("x-case").join(",")).collect();
+    assert_eq!(seen.len(), allowed.len(), "{seen:?}");
+    assert_eq!(seen.iter().map(String::as_str).collect::<BTreeSet<_>>(), allowed);
+
+    // One request record per case, in order, with the decision and the rule behind it.
+    let records = requests(&pair.inbound, cases.len());
+    assert_eq!(records.len(), cases.len());
+    for ((case, opts, path, status, rule), r) in cases.iter().zip(&records) {
+        let method = match *opts {
+            ["-I"] => "HEAD",
+            ["-X", m] => m,
+            o if o.contains(&"--data") => "POST",
+            _ => "GET",
+        };
+        let path = path.split('?').next().unwrap();
+        assert_eq!(r["method"], method, "{case}: {r}");
+        assert_eq!(r["path"], path, "{case}: {r}");
+        assert_eq!(r["status"], *status, "{case}: {r}");
+        assert_eq!(r["authority"], format!("127.0.0.1:{out}"), "{case}: {r}");
+        assert_eq!(r["peer_id"], FRONTEND, "{case}: {r}");
+        assert_eq!(r["kind"], "request", "{case}: {r}");
+        let decision = if *status == 200 { "allow" } else { "deny" };
+        assert_eq!(r["decision"], decision, "{case}: {r}");
+        match rule {
+            Some(rule) => assert_eq!(r["rule"], *rule, "{case}: {r}"),
+            None => {
+                assert!(r["rule"].is_null(), "{case}: {r}");
+                assert!(
+                    r["reason"].as_str().unwrap().starts_with("default_deny"),
+                    "{case}: {r}"
+                );
+            }
+        }
+    }
+    pair.inbound.assert_no_panic();
+}
+
+/// Spellings of a path under a denied `/admin/**` get 403 (or 400 when they cannot be
+/// normalized), through the outbound (curl --path-as-is over HTTP/1.1, and a raw absolute-form
+/// request) and straight to the inbound over h2; the app sees none of them, and for allowed
+/// paths it gets the normalized form.
+#[test]
+fn path_spellings_cannot_slip_past_a_deny_rule() {
+    let ids = ids();
+    let app = HttpApp::spawn();
+    let rules = format!(
+        "{}      - {{name: no-admin, action: deny, paths: [\"/admin/**\"]}}\n",
+        allow_frontend()
+    );
+    let pair = start_pair(&ids, &[Route::http("backend", app.addr, &rules)]);
+    let (out, inp) = (pair.out_ports[0], pair.in_ports[0]);
+
+    let denied: &[(&str, u16)] = &[
+        ("/admin/x", 403),
+        ("/a/../admin/x", 403),
+        ("/%61dmin/x", 403),
+        ("/%2e%2e/admin", 400),
+        ("/x/%2e%2e/admin/y", 403),
+        ("/x/%2E%2E/admin/y", 403),
+        ("//admin/x", 403),
+        ("/admin//x", 403),
+        ("/admin%2fx", 400),
+        ("/admin%2Fx", 400),
+        ("/%5cadmin/x", 400),
+        ("/./admin/x", 403),
+        ("/%2e/admin/x", 403),
+        ("/admin/./x", 403),
+        ("/b/..//admin/x", 403),
+        ("/.%2e/admin/x", 400),
+        ("/admin/x?y=1", 403),
+    ];
+    let allowed: &[(&str, &str)] = &[
+        ("/a/../b", "/b"),
+        ("/%61pi/x", "/api/x"),
+        ("//b//c/", "/b/c/"),
+        ("/b/./c?q=/admin/x", "/b/c?q=/admin/x"),
+        ("/%41dmin/x", "/Admin/x"),
+    ];
+    let urls = |port: u16, scheme: &str| -> Vec<String> {
+        denied
+            .iter()
+            .map(|(p, _)| *p)
+            .chain(allowed.iter().map(|(p, _)| *p))
+            .map(|p| format!("{scheme}://127.0.0.1:{port}{p}"))
+            .collect()
+    };
+    let want: Vec<u16> = denied
+        .iter()
+        .map(|(_, s)| *s)
+        .chain(allowed.iter().map(|_| 200))
+        .collect();
+
+    // Through the pair, HTTP/1.1 from the client.
+    let got = curl_statuses(&["--http1.1", "--path-as-is"], &urls(out, "http"));
+    assert_eq!(got, want, "via the outbound: {:?}", urls(out, "http"));
+    // Straight to the inbound, HTTP/2 over mTLS.
+    let got = curl_statuses(
+        &[
+            "--http2",
+            "--path-as-is",
+            "-k",
+            "--cert",
+            ids.frontend.cert.to_str().unwrap(),
+            "--key",
+            ids.frontend.key.to_str().unwrap(),
+        ],
+        &urls(inp, "https"),
+    );
+    assert_eq!(got, want, "straight to the inbound over h2");
+    // A raw absolute-form request target.
+    let (raw, _) = raw_exchange(
+        out,
+        format!(
+            "GET http://127.0.0.1:{out}/a/../admin/x HTTP/1.1\r\nHost: 127.0.0.1:{out}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+        Duration::from_secs(3),
+    );
+    assert_eq!(
+        response_statuses(&raw),
+        [403],
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+
+    // The app saw only the allowed requests, normalized, once from each client.
+    let seen: Vec<String> = app.seen().into_iter().map(|s| s.target).collect();
+    let expect: Vec<String> = allowed
+        .iter()
+        .chain(allowed)
+        .map(|(_, n)| n.to_string())
+        .collect();
+    let count = |v: &[String]| {
+        v.iter().fold(BTreeMap::new(), |mut m, t| {
+            *m.entry(t.clone()).or_insert(0) += 1;
+            m
+        })
+    };
+    assert_eq!(count(&seen), count(&expect), "what the app saw");
+
+    // The refusals are recorded: 400s as bad_path with the raw path, 403s with the
+    // normalized path and the rule.
+    let records = requests(&pair.inbound, 2 * want.len() + 1);
+    let bad = records.iter().find(|r| r["status"] == 400).unwrap();
+    assert_eq!(bad["decision"], "deny", "{bad}");
+    assert!(bad["reason"].as_str().unwrap().starts_with("bad_path"), "{bad}");
+    let denied_record = records.iter().find(|r| r["status"] == 403).unwrap();
+    assert_eq!(denied_record["rule"], "no-admin", "{denied_record}");
+    assert!(
+        records
+            .iter()
+            .filter(|r| r["status"] == 403)
+            .all(|r| r["path"].as_str().unwrap().starts_with("/admin/")),
+        "403 records carry the normalized path: {records:?}"
+    );
+    pair.inbound.assert_no_panic();
+}
+
+/// The Host header (or an h2 request's `host` when it has no `:authority`) names the authority
+/// only: one carrying a path (`127.0.0.1/admin/x?`) must not turn the allowed `GET /public`
+/// the policy saw into `GET /admin/x?/public` at the app. Straight to the inbound over HTTP/1.1
+/// with an SVID, over h2c without `:authority` on a permissive listener, and via the outbound.
+#[test]
+fn a_host_header_cannot_change_the_path_the_policy_saw() {
+    use http_body_util::{BodyExt as _, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let ids = ids();
+    let app = HttpApp::spawn();
+    let no_admin = "      - {name: no-admin, action: deny, paths: [\"/admin/**\"]}\n";
+    let rules = format!("{}{no_admin}", allow_frontend());
+    let plain_rules = "      - {name: anon, action: allow, unauthenticated: true}\n\
+         \x20     - {name: no-admin-anon, action: deny, unauthenticated: true, paths: [\"/admin/**\"]}\n";
+    let pair = start_pair(
+        &ids,
+        &[
+            Route::http("backend", app.addr, &rules),
+            Route {
+                protocol: ("auto", "http"),
+                extra: "    mtls: permissive\n",
+                ..Route::http("plain", app.addr, plain_rules)
+            },
+        ],
+    );
+    let (inp, plain, out) = (pair.in_ports[0], pair.in_ports[1], pair.out_ports[0]);
+    let hosts = ["127.0.0.1/admin/x?", "127.0.0.1/admin"];
+    let mut statuses = Vec::new();
+    for host in hosts {
+        let header = format!("Host: {host}");
+        for url in [
+            format!("https://127.0.0.1:{inp}/public"),
+            format!("http://127.0.0.1:{out}/public"),
+        ] {
+            let got = curl(&[
+                "--http1.1",
+                "-k",
+                "--cert",
+                ids.frontend.cert.to_str().unwrap(),
+                "--key",
+                ids.frontend.key.to_str().unwrap(),
+                "-H",
+                &header,
+                &url,
+            ]);
+            statuses.push((host, url, got.status));
+        }
+    }
+    // h2c on the permissive listener: no :authority, a `host` header instead.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(local(plain)).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        for host in hosts {
+            let req = http::Request::get("/public")
+                .header("host", host)
+                .body(Empty::<bytes::Bytes>::new())
+                .unwrap();
+            let status = match tokio::time::timeout(WAIT, send.send_request(req)).await.unwrap() {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let _ = resp.into_body().collect().await;
+                    status
+                }
+                Err(_) => 0, // refused as malformed: fine
+            };
+            statuses.push((host, format!("h2c http://127.0.0.1:{plain}/public"), status));
+        }
+    });
+
+    let seen: Vec<String> = app.seen().into_iter().map(|s| s.target).collect();
+    assert!(
+        !seen.iter().any(|t| t.starts_with("/admin")),
+        "the policy allowed GET /public, but the app got {seen:?}; statuses: {statuses:?}"
+    );
+    for (host, url, status) in &statuses {
+        assert!(
+            matches!(status, 400 | 403 | 0),
+            "Host {host:?} to {url}: want 400 (or 403), got {status}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Smuggling
+
+/// Ambiguous framing from the app side is refused with 400 (or answered once and the
+/// connection closed, as RFC 9112 §6.3 allows for Content-Length + chunked), and no request
+/// hidden in a body ever reaches the app.
+#[test]
+fn request_smuggling_is_refused() {
+    let ids = ids();
+    let app = HttpApp::spawn();
+    let rules = allow_frontend();
+    let pair = start_pair(&ids, &[Route::http("backend", app.addr, &rules)]);
+    let out = pair.out_ports[0];
+    let inner = |n: u32| format!("GET /smuggled-{n} HTTP/1.1\r\nHost: a\r\n\r\n");
+
+    // Content-Length and chunked together: either refused, or read as chunked and then closed.
+    let lenient: Vec<(u32, String)> = vec![
+        (
+            1,
+            format!(
+                "POST /s1 HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{}",
+                inner(1)
+            ),
+        ),
+        (2, {
+            let hidden = inner(2);
+            format!(
+                "POST /s2 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n{:x}\r\n{hidden}\r\n0\r\n\r\n",
+                hidden.len()
+            )
+        }),
+    ];
+    // Refused outright.
+    let strict: Vec<(u32, String)> = vec![
+        (
+            3,
+            format!(
+                "POST /s3 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 40\r\n\r\nhello{}",
+                inner(3)
+            ),
+        ),
+        (
+            4,
+            format!(
+                "POST /s4 HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 40\r\n\r\nhello{}",
+                inner(4)
+            ),
+        ),
+        (
+            5,
+            format!(
+                "POST /s5 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n{}",
+                inner(5)
+            ),
+        ),
+        (
+            6,
+            format!(
+                "POST /s6 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n{}",
+                inner(6)
+            ),
+        ),
+        (
+            7,
+            format!(
+                "POST /s7 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n{}",
+                inner(7)
+            ),
+        ),
+        (
+            8,
+            format!(
+                "POST /s8 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n{}",
+                inner(8)
+            ),
+        ),
+        (
+            9,
+            format!(
+                "POST /s9 HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{}",
+                inner(9)
+            ),
+        ),
+        (
+            10,
+            format!(
+                "POST /s10 HTTP/1.1\r\nHost: a\r\nX-Pad: a\r\n Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n{}",
+                inner(10)
+            ),
+        ),
+        (
+            11,
+            format!(
+                "POST /s11 HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\nhello{}",
+                inner(11)
+            ),
+        ),
+        (
+            12,
+            format!(
+                "POST /s12 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: gzip\r\n\r\nhello{}",
+                inner(12)
+            ),
+        ),
+    ];
+    for (n, attack) in &lenient {
+        let (raw, closed) = raw_exchange(out, attack.as_bytes(), Duration::from_secs(2));
+        let statuses = response_statuses(&raw);
+        let text = String::from_utf8_lossy(&raw);
+        assert!(
+            statuses == [400] || (statuses == [200] && closed),
+            "attack {n}: want 400, or one answer and a close; got {statuses:?} (closed: {closed}):\n{text}"
+        );
+        if statuses == [200] {
+            assert!(text.contains("\"body_len\":"), "{text}");
+        }
+    }
+    for (n, attack) in &strict {
+        let (raw, closed) = raw_exchange(out, attack.as_bytes(), Duration::from_secs(2));
+        let statuses = response_statuses(&raw);
+        assert!(
+            statuses == [400] || (statuses.is_empty() && closed),
+            "attack {n}: want 400 (or a close), got {statuses:?} (closed: {closed}):\n{}",
+            String::from_utf8_lossy(&raw)
+        );
+    }
+
+    let seen = app.seen();
+    for s in &seen {
+        assert!(
+            !s.target.starts_with("/smuggled"),
+            "a smuggled request reached the app: {s:?}"
+        );
+        // The only requests that may arrive are the outer ones of the lenient cases, read as
+        // chunked: /s1 with an empty body, /s2 with the hidden request as its body.
+        match s.target.as_str() {
+            "/s1" => assert_eq!(s.body_len, 0, "{s:?}"),
+            "/s2" => assert_eq!(s.body_len, inner(2).len(), "{s:?}"),
+            other => panic!("request {other} should have been refused: {s:?}"),
+        }
+    }
+
+    // The pair still serves ordinary requests.
+    let got = curl(&[&format!("http://127.0.0.1:{out}/after")]);
+    assert_eq!(got.status, 200, "{got:?}");
+    for w in [&pair.inbound, &pair.outbound] {
+        w.assert_no_panic();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// protocol: auto
+
+/// With `protocol: auto` (the default) on both sides: HTTP is detected and gets L7 policy (403
+/// for a denied path, XFCC for an allowed one) via the outbound, via h2 ALPN and via TLS with
+/// no ALPN at all (openssl s_client, sniffed); opaque bytes fall back to TCP both ways.
+#[test]
+fn protocol_auto_gets_l7_policy_and_opaque_bytes_fall_back_to_tcp() {
+    let ids = ids();
+    let app = HttpApp::spawn();
+    let echo = App::echo();
+    let web_rules = format!(
+        "{}      - {{name: no-admin, action: deny, paths: [\"/admin/**\"]}}\n",
+        allow_frontend()
+    );
+    let echo_rules = allow_frontend();
+    let pair = start_pair(
+        &ids,
+        &[
+            Route {
+                protocol: ("auto", "auto"),
+                ..Route::http("web", app.addr, &web_rules)
+            },
+            Route {
+                protocol: ("auto", "auto"),
+                ..Route::http("echo", echo.addr, &echo_rules)
+            },
+        ],
+    );
+    let (web_out, echo_out) = (pair.out_ports[0], pair.out_ports[1]);
+    let web_in = pair.in_ports[0];
+
+    // HTTP/1.1 and h2c through the auto outbound.
+    for version in ["--http1.1", "--http2-prior-knowledge"] {
+        let got = curl(&[version, &format!("http://127.0.0.1:{web_out}/hello")]);
+        assert_eq!(got.status, 200, "{version}: {got:?}");
+        assert_eq!(
+            got.echo()["headers"]["x-forwarded-client-cert"],
+            serde_json::json!([expected_xfcc(&ids)]),
+            "{version}: L7 at the inbound sets XFCC"
+        );
+        let got = curl(&[version, &format!("http://127.0.0.1:{web_out}/admin/x")]);
+        assert_eq!(got.status, 403, "{version}: {got:?}");
+    }
+    // h2 by ALPN straight to the auto inbound.
+    let cert = ids.frontend.cert.to_str().unwrap();
+    let key = ids.frontend.key.to_str().unwrap();
+    let got = curl(&[
+        "--http2",
+        "-k",
+        "--cert",
+        cert,
+        "--key",
+        key,
+        &format!("https://127.0.0.1:{web_in}/admin/y"),
+    ]);
+    assert_eq!((got.status, got.version.as_str()), (403, "2"), "{got:?}");
+    // TLS without ALPN: the inbound sniffs the plaintext inside.
+    let mut cmd = Command::new(require_tool("openssl"));
+    cmd.args([
+        "s_client",
+        "-quiet",
+        "-ign_eof",
+        "-connect",
+        &format!("127.0.0.1:{web_in}"),
+    ])
+    .args(["-cert", cert, "-key", key]);
+    for (path, status) in [("/admin/z", "403"), ("/sniffed", "200")] {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: sniffed\r\nConnection: close\r\n\r\n");
+        let out = run(&mut cmd, req.as_bytes(), Duration::from_secs(8));
+        let text = out.stdout();
+        assert!(
+            text.starts_with(&format!("HTTP/1.1 {status}")),
+            "{path}: {text}\nstderr:\n{}",
+            out.stderr()
+        );
+        if status == "200" {
+            assert!(text.contains(&expected_xfcc(&ids)), "{text}");
+        }
+    }
+    let targets: Vec<String> = app.seen().into_iter().map(|s| s.target).collect();
+    assert_eq!(
+        targets,
+        ["/hello", "/hello", "/sniffed"],
+        "the app never sees /admin/*"
+    );
+
+    // Opaque bytes (a line protocol) through the auto pair: plain TCP.
+    let mut s = std::net::TcpStream::connect(local(echo_out)).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    use std::io::{Read as _, Write as _};
+    s.write_all(b"hello\n").unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    while got.len() < 6 {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    assert_eq!(got, b"hello\n", "opaque bytes must fall back to TCP");
+    s.write_all(b"second line\n").unwrap();
+    let mut got = Vec::new();
+    while got.len() < 12 {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    assert_eq!(got, b"second line\n");
+    drop(s);
+    // The TCP path's records: a connection decision and an access record, no request records.
+    let access = pair.inbound.wait_record("access on the echo listener", |r| {
+        r["kind"] == "access" && r["listener"] == "echo"
+    });
+    assert_eq!(access["bytes_in"], 18, "{access}");
+    assert!(
+        pair.inbound
+            .records()
+            .iter()
+            .filter(|r| r["listener"] == "echo")
+            .all(|r| r["kind"] != "request")
+    );
+    assert!(
+        pair.inbound
+            .records()
+            .iter()
+            .any(|r| r["listener"] == "echo" && r["kind"] == "authz" && r["decision"] == "allow")
+    );
+    for w in [&pair.inbound, &pair.outbound] {
+        w.assert_no_panic();
+    }
+}
