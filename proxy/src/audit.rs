@@ -181,9 +181,23 @@ impl AuditLog {
         std::thread::Builder::new()
             .name("ward-audit".into())
             .spawn(move || {
-                for line in rx {
-                    if let Err(e) = out.write_all(line.as_bytes()).and_then(|_| out.flush()) {
+                // Lines queued together go out in one write: a busy proxy makes one syscall per
+                // batch, not per record, and nothing waits longer than the queue is non-empty.
+                let mut batch = Vec::with_capacity(64 * 1024);
+                while let Ok(line) = rx.recv() {
+                    batch.extend_from_slice(line.as_bytes());
+                    while batch.len() < 64 * 1024 {
+                        match rx.try_recv() {
+                            Ok(line) => batch.extend_from_slice(line.as_bytes()),
+                            Err(_) => break,
+                        }
+                    }
+                    if let Err(e) = out.write_all(&batch).and_then(|_| out.flush()) {
                         tracing::error!(error = %e, "cannot write the audit log");
+                    }
+                    batch.clear();
+                    if batch.capacity() > 256 * 1024 {
+                        batch.shrink_to(64 * 1024);
                     }
                 }
             })?;

@@ -10,6 +10,7 @@
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -53,6 +54,7 @@ impl Direction {
         cx: &mut Context<'_>,
         mut r: Pin<&mut R>,
         mut w: Pin<&mut W>,
+        tally: &AtomicU64,
     ) -> Poll<io::Result<u64>>
     where
         R: AsyncRead + ?Sized,
@@ -94,6 +96,7 @@ impl Direction {
                 }
                 self.pos += n;
                 self.amt += n as u64;
+                tally.fetch_add(n as u64, Ordering::Relaxed);
                 self.need_flush = true;
             }
             if self.pos == self.cap && self.read_done {
@@ -130,7 +133,14 @@ impl Direction {
 }
 
 /// Copies `a → b` and `b → a` until both directions are done; returns the bytes each way.
-pub async fn bidirectional<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+/// The bytes are also added to `a_to_b_tally` / `b_to_a_tally` as they are written, so a
+/// caller that stops the copy early (idle, revoked, drained) still knows what went through.
+pub async fn bidirectional<A, B>(
+    a: &mut A,
+    b: &mut B,
+    a_to_b_tally: &AtomicU64,
+    b_to_a_tally: &AtomicU64,
+) -> io::Result<(u64, u64)>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -141,12 +151,12 @@ where
     let mut b_done = None;
     poll_fn(|cx| {
         if a_done.is_none()
-            && let Poll::Ready(r) = a_to_b.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b))
+            && let Poll::Ready(r) = a_to_b.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b), a_to_b_tally)
         {
             a_done = Some(r?);
         }
         if b_done.is_none()
-            && let Poll::Ready(r) = b_to_a.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a))
+            && let Poll::Ready(r) = b_to_a.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a), b_to_a_tally)
         {
             b_done = Some(r?);
         }
@@ -173,7 +183,15 @@ mod tests {
     async fn copies_both_ways_with_half_close_and_grows() {
         let (mut client, mut proxy_a) = tokio::io::duplex(64 * 1024);
         let (mut proxy_b, mut server) = tokio::io::duplex(64 * 1024);
-        let copy = tokio::spawn(async move { bidirectional(&mut proxy_a, &mut proxy_b).await });
+        let copy = tokio::spawn(async move {
+            let (x, y) = (AtomicU64::new(0), AtomicU64::new(0));
+            let r = bidirectional(&mut proxy_a, &mut proxy_b, &x, &y).await;
+            assert_eq!(
+                r.as_ref().ok(),
+                Some(&(x.load(Ordering::Relaxed), y.load(Ordering::Relaxed)))
+            );
+            r
+        });
         let up: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
         let down: Vec<u8> = (0..700_000u32).map(|i| (i % 241) as u8).collect();
         let (up2, down2) = (up.clone(), down.clone());

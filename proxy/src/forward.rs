@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -168,24 +169,26 @@ pub async fn pipe<A, B>(
     // Stamping one side sees traffic both ways: its reads are a → b, its writes b → a.
     let (mut a, activity) = guard::stamped(a);
     let idle = shared.settings.load().idle_timeout;
-    let record = tokio::select! {
-        result = crate::copy::bidirectional(&mut a, &mut b) => match result {
-            Ok((a_to_b, b_to_a)) => {
-                metrics.bytes_received.inc_by(a_to_b);
-                metrics.bytes_sent.inc_by(b_to_a);
-                info.access("closed", Some(a_to_b), Some(b_to_a), started.elapsed())
-            }
-            Err(e) => info.access(&format!("error: {e}"), None, None, started.elapsed()),
+    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+    let outcome = tokio::select! {
+        result = crate::copy::bidirectional(&mut a, &mut b, &up, &down) => match result {
+            Ok(_) => Ok("closed".to_owned()),
+            Err(e) => Ok(format!("error: {e}")),
         },
-        _ = activity.idle_for(idle) => {
-            info.access(&format!("idle_timeout: no bytes for {idle:?}"), None, None, started.elapsed())
-        }
-        reason = revoke => {
-            tracing::info!(listener = %info.listener, peer = info.peer_id.as_deref(), %reason, "closing a live connection");
-            info.decided(Decision::Deny, None, reason)
-        }
+        _ = activity.idle_for(idle) => Ok(format!("idle_timeout: no bytes for {idle:?}")),
+        reason = revoke => Err(reason),
     };
-    shared.record(&record);
+    let (up, down) = (up.load(Ordering::Relaxed), down.load(Ordering::Relaxed));
+    metrics.bytes_received.inc_by(up);
+    metrics.bytes_sent.inc_by(down);
+    match outcome {
+        Ok(outcome) => shared.record(&info.access(&outcome, Some(up), Some(down), started.elapsed())),
+        Err(reason) => {
+            tracing::info!(listener = %info.listener, peer = info.peer_id.as_deref(), %reason, "closing a live connection");
+            shared.record(&info.decided(Decision::Deny, None, reason));
+            shared.record(&info.access("revoked", Some(up), Some(down), started.elapsed()));
+        }
+    }
 }
 
 /// An accept error (such as running out of file descriptors): log it and pause briefly so a

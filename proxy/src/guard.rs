@@ -250,6 +250,75 @@ impl<S: AsyncWrite> AsyncWrite for Stamped<S> {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// A stream that counts the bytes read from it and written to it into two counters as
+    /// they pass (one atomic add per I/O call): HTTP connections' wire bytes, headers included.
+    pub struct Tallied<S> {
+        #[pin]
+        inner: S,
+        read: prometheus_client::metrics::counter::Counter,
+        written: prometheus_client::metrics::counter::Counter,
+    }
+}
+
+impl<S> Tallied<S> {
+    pub fn new(
+        inner: S,
+        read: prometheus_client::metrics::counter::Counter,
+        written: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
+        Tallied { inner, read, written }
+    }
+}
+
+impl<S: AsyncRead> AsyncRead for Tallied<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let r = this.inner.poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = r {
+            this.read.inc_by((buf.filled().len() - before) as u64);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite> AsyncWrite for Tallied<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let r = this.inner.poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            this.written.inc_by(n as u64);
+        }
+        r
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let r = this.inner.poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = r {
+            this.written.inc_by(n as u64);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

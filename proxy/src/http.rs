@@ -19,11 +19,11 @@ use hyper::body::Incoming;
 use std::future::Future;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use prometheus_client::metrics::histogram::Histogram;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::audit::{ConnInfo, Record};
 use crate::forward::Shared;
+use crate::metrics::ListenerMetrics;
 
 /// Response bodies ward sends: the upstream's, streamed, or a short one of its own.
 pub type OutBody = Either<Incoming, Full<Bytes>>;
@@ -185,7 +185,7 @@ impl<B: Body<Data = Bytes>> Body for Counted<B> {
 pub struct PendingRecord {
     record: Option<Record>,
     shared: Arc<Shared>,
-    duration: Histogram,
+    metrics: Arc<ListenerMetrics>,
     started: Instant,
     bytes_in: Arc<AtomicU64>,
     bytes_out: Arc<AtomicU64>,
@@ -195,14 +195,14 @@ impl PendingRecord {
     pub fn new(
         record: Record,
         shared: Arc<Shared>,
-        duration: Histogram,
+        metrics: Arc<ListenerMetrics>,
         started: Instant,
         bytes_in: Arc<AtomicU64>,
     ) -> Self {
         PendingRecord {
             record: Some(record),
             shared,
-            duration,
+            metrics,
             started,
             bytes_in,
             bytes_out: Arc::new(AtomicU64::new(0)),
@@ -217,11 +217,15 @@ impl PendingRecord {
     fn write(&mut self, status: u16) {
         if let Some(mut r) = self.record.take() {
             r.status = r.status.or(Some(status));
-            r.bytes_in = Some(self.bytes_in.load(Ordering::Relaxed));
-            r.bytes_out = Some(self.bytes_out.load(Ordering::Relaxed));
+            let (bytes_in, bytes_out) = (
+                self.bytes_in.load(Ordering::Relaxed),
+                self.bytes_out.load(Ordering::Relaxed),
+            );
+            r.bytes_in = Some(bytes_in);
+            r.bytes_out = Some(bytes_out);
             let elapsed = self.started.elapsed();
             r.duration_ms = Some(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
-            self.duration.observe(elapsed.as_secs_f64());
+            self.metrics.request_duration.observe(elapsed.as_secs_f64());
             self.shared.record(&r);
         }
     }
@@ -294,6 +298,7 @@ pub async fn serve_connection<I, S, B>(
     service: S,
     shared: &Shared,
     info: &ConnInfo,
+    metrics: &ListenerMetrics,
     revoke: impl Future<Output = String>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -316,6 +321,8 @@ pub async fn serve_connection<I, S, B>(
     if h2_only {
         builder = builder.http2_only();
     }
+    // Wire bytes each way, headers included, counted as they pass.
+    let io = crate::guard::Tallied::new(io, metrics.bytes_received.clone(), metrics.bytes_sent.clone());
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::pin!(revoke);

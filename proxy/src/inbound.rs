@@ -39,7 +39,7 @@ pub struct Inbound {
     pub handshake_timeout: Duration,
     /// Pooled connections to the app, for explicit listeners.
     pub app: Option<AppClient>,
-    pub metrics: ListenerMetrics,
+    pub metrics: Arc<ListenerMetrics>,
     pub open: Arc<AtomicUsize>,
 }
 
@@ -305,7 +305,16 @@ async fn serve_detected<S>(
             )
         })
     };
-    h::serve_connection(io, detected == Detected::Http2, service, shared, &info, revoke).await;
+    h::serve_connection(
+        io,
+        detected == Detected::Http2,
+        service,
+        shared,
+        &info,
+        &ib.metrics,
+        revoke,
+    )
+    .await;
 }
 
 /// One request: normalize, authorize, set identity headers, forward to the app.
@@ -323,15 +332,7 @@ async fn request(
     let method = req.method().as_str().to_owned();
     let raw_path = req.uri().path().to_owned();
     let bytes_in = Arc::new(AtomicU64::new(0));
-    let pending = |r| {
-        PendingRecord::new(
-            r,
-            shared.clone(),
-            ib.metrics.request_duration.clone(),
-            started,
-            bytes_in.clone(),
-        )
-    };
+    let pending = |r| PendingRecord::new(r, shared.clone(), ib.metrics.clone(), started, bytes_in.clone());
     let path = match normalize_path(&raw_path) {
         Ok(p) => p.into_owned(),
         Err(e) => {

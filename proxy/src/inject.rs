@@ -32,6 +32,9 @@ use crate::iptables::{self, CaptureArgs};
 /// The image `ward inject` uses unless `--image` says otherwise (a placeholder until the
 /// project publishes one).
 pub const DEFAULT_IMAGE: &str = "ghcr.io/ward/ward:0.1.0";
+/// The capture init container's image: ward plus `iptables` (deploy/container/Containerfile.init);
+/// the sidecar's `FROM scratch` image has no iptables to run.
+pub const DEFAULT_INIT_IMAGE: &str = "ghcr.io/ward/ward-init:0.1.0";
 /// Where the `ward` binary is inside the image.
 pub const WARD_BIN: &str = "/ward";
 /// The names ward's containers and volumes go by in a pod.
@@ -74,6 +77,9 @@ pub struct InjectArgs {
     /// The ward container image.
     #[arg(long, default_value = DEFAULT_IMAGE)]
     pub image: String,
+    /// The capture init container's image (ward with iptables).
+    #[arg(long, default_value = DEFAULT_INIT_IMAGE)]
+    pub init_image: String,
     /// Where ward's identity comes from.
     #[arg(long, value_enum, default_value_t = IdentitySource::Csi)]
     pub identity: IdentitySource,
@@ -86,6 +92,7 @@ pub struct InjectArgs {
 #[derive(Debug, Clone)]
 pub struct Options {
     pub image: String,
+    pub init_image: String,
     pub identity: IdentitySource,
     pub config_map: String,
 }
@@ -94,6 +101,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             image: DEFAULT_IMAGE.into(),
+            init_image: DEFAULT_INIT_IMAGE.into(),
             identity: IdentitySource::Csi,
             config_map: "ward-config".into(),
         }
@@ -104,6 +112,7 @@ impl From<&InjectArgs> for Options {
     fn from(a: &InjectArgs) -> Self {
         Options {
             image: a.image.clone(),
+            init_image: a.init_image.clone(),
             identity: a.identity,
             config_map: a.config_map.clone(),
         }
@@ -859,7 +868,7 @@ fn init_container(opts: &Options, capture: &[String]) -> Yaml {
     let args: Vec<&str> = capture.iter().map(String::as_str).collect();
     Yaml::map([
         ("name", Yaml::str(INIT)),
-        ("image", Yaml::str(&opts.image)),
+        ("image", Yaml::str(&opts.init_image)),
         ("command", Yaml::strs(&[WARD_BIN])),
         ("args", Yaml::strs(&args)),
         (
@@ -1146,6 +1155,7 @@ mod tests {
         // Also with annotations, another image and the SPIRE identity.
         let opts = Options {
             image: "registry.example/ward:dev".into(),
+            init_image: "registry.example/ward-init:dev".into(),
             identity: IdentitySource::Spire,
             config_map: "mesh".into(),
         };

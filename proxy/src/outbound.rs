@@ -39,7 +39,7 @@ pub struct Outbound {
     pub spec: OutboundConfig,
     pub handshake_timeout: Duration,
     pub routes: Vec<Route>,
-    pub metrics: ListenerMetrics,
+    pub metrics: Arc<ListenerMetrics>,
     pub open: Arc<AtomicUsize>,
     /// One HTTP/2 connection per destination, shared by every request to it.
     pools: Mutex<HashMap<SocketAddr, Arc<PeerPool>>>,
@@ -78,7 +78,7 @@ impl Outbound {
             spec,
             handshake_timeout,
             routes,
-            metrics,
+            metrics: Arc::new(metrics),
             open: Arc::new(AtomicUsize::new(0)),
             pools: Mutex::new(HashMap::new()),
         })
@@ -309,7 +309,16 @@ async fn serve_http(
         })
     };
     let revoke = forward::revoked(shared.watch(), shared.store.clone(), None, || Ok(()));
-    h::serve_connection(app, detected == Detected::Http2, service, shared, &info, revoke).await;
+    h::serve_connection(
+        app,
+        detected == Detected::Http2,
+        service,
+        shared,
+        &info,
+        &ob.metrics,
+        revoke,
+    )
+    .await;
 }
 
 /// One request from the app, forwarded over the shared HTTP/2 connection to the peer.
@@ -339,15 +348,7 @@ async fn request(
         r
     };
     let bytes_in = Arc::new(AtomicU64::new(0));
-    let pending = |r| {
-        PendingRecord::new(
-            r,
-            shared.clone(),
-            ob.metrics.request_duration.clone(),
-            started,
-            bytes_in.clone(),
-        )
-    };
+    let pending = |r| PendingRecord::new(r, shared.clone(), ob.metrics.clone(), started, bytes_in.clone());
     let conn = match pool.get().await {
         Ok(c) => c,
         Err(e) => {

@@ -205,7 +205,7 @@ fn launch(
                 app: c
                     .forward
                     .map(|f| AppClient::new(f, shared.settings.load().connect_timeout)),
-                metrics: shared.metrics.listener(name, Direction::Inbound),
+                metrics: Arc::new(shared.metrics.listener(name, Direction::Inbound)),
                 open: Arc::default(),
             });
             tokio::spawn(inbound::serve(socket.clone(), ib, shared.clone(), stop_rx))
@@ -434,9 +434,7 @@ impl Running {
     /// open when the time ran out.
     pub async fn drain(self, timeout: Duration) -> usize {
         let _ = self.shared.draining.send(true);
-        for l in self.listeners.lock().await.values() {
-            let _ = l.stop.send(true);
-        }
+        self.close_listeners().await;
         let open = self.shared.open.clone();
         let left = match tokio::time::timeout(timeout, open.wait_zero()).await {
             Ok(()) => 0,
@@ -446,11 +444,22 @@ impl Running {
         left
     }
 
-    /// Stops accepting at once; connections already open run on until they end.
-    pub async fn stop(self) {
-        for l in self.listeners.lock().await.values() {
+    /// Stops every accept loop and closes the listening sockets, so new connections are
+    /// refused at once instead of waiting in the backlog.
+    async fn close_listeners(&self) {
+        let handles: Vec<ListenerHandle> = self.listeners.lock().await.drain().map(|(_, l)| l).collect();
+        for l in &handles {
             let _ = l.stop.send(true);
         }
+        for l in handles {
+            drop(l.socket);
+            let _ = l.task.await;
+        }
+    }
+
+    /// Stops accepting at once; connections already open run on until they end.
+    pub async fn stop(self) {
+        self.close_listeners().await;
         self.finish().await;
     }
 

@@ -33,7 +33,11 @@ fn netns_unavailable() -> Option<String> {
     if uid.as_deref() != Some("0") {
         return Some(format!("not root (uid {})", uid.unwrap_or_else(|| "?".into())));
     }
-    let probe = format!("wardprobe-{}", std::process::id());
+    let probe = format!(
+        "wardprobe-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
     match Command::new("ip").args(["netns", "add", &probe]).output() {
         Ok(o) if o.status.success() => {
             let _ = Command::new("ip").args(["netns", "del", &probe]).output();
