@@ -21,6 +21,7 @@ use crate::metrics::Metrics;
 pub struct AdminState {
     pub store: Arc<CredentialStore>,
     pub metrics: Arc<Metrics>,
+    pub audit: crate::audit::AuditLog,
     /// The effective config as JSON (paths only; ward's config holds no secrets).
     pub config: Arc<arc_swap::ArcSwap<serde_json::Value>>,
     /// Whether every listener is bound.
@@ -86,6 +87,12 @@ pub fn route(state: &AdminState, method: &Method, path: &str) -> Response<Full<B
             if let Some(tls) = state.store.current() {
                 state.metrics.identity_expiry.set(tls.identity.info().not_after);
             }
+            let dropped = state.audit.dropped();
+            let counted = state.metrics.audit_dropped.get();
+            state
+                .metrics
+                .audit_dropped
+                .inc_by(dropped.saturating_sub(counted));
             respond(
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",

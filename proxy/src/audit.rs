@@ -6,7 +6,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::{Condvar, Mutex, mpsc};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -151,19 +151,89 @@ pub fn timestamp() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
-const QUEUE: usize = 8192;
+/// Records waiting to be written are kept up to this size; past it they are dropped (and
+/// counted) rather than letting a stuck disk grow memory without bound.
+const MAX_PENDING: usize = 8 * 1024 * 1024;
+/// Pending bytes that make the writer go at once rather than at its next tick.
+const WRITE_AT: usize = 256 * 1024;
+/// How long a record may wait to be written: the writer collects a tick's records into one
+/// write, so a busy proxy wakes it a few times a second, not once per record.
+const TICK: std::time::Duration = std::time::Duration::from_millis(50);
+
+struct Writer {
+    pending: Mutex<Vec<u8>>,
+    wake: Condvar,
+    out: Mutex<Box<dyn Write + Send>>,
+}
+
+impl Writer {
+    /// Writes out whatever is pending.
+    fn write_pending(&self, spare: &mut Vec<u8>) {
+        if let Ok(mut pending) = self.pending.lock() {
+            std::mem::swap(&mut *pending, spare);
+        }
+        if spare.is_empty() {
+            return;
+        }
+        if let Ok(mut out) = self.out.lock()
+            && let Err(e) = out.write_all(spare).and_then(|_| out.flush())
+        {
+            tracing::error!(error = %e, "cannot write the audit log");
+        }
+        spare.clear();
+        if spare.capacity() > 4 * WRITE_AT {
+            spare.shrink_to(WRITE_AT);
+        }
+    }
+
+    fn run(&self) {
+        let mut spare = Vec::with_capacity(WRITE_AT);
+        loop {
+            {
+                let Ok(mut pending) = self.pending.lock() else {
+                    return;
+                };
+                while pending.is_empty() {
+                    pending = match self.wake.wait(pending) {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    };
+                }
+                if pending.len() < WRITE_AT {
+                    // Let the tick's records gather into one write.
+                    drop(self.wake.wait_timeout(pending, TICK));
+                }
+            }
+            self.write_pending(&mut spare);
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Sink {
+    Writer(Arc<Writer>),
+    Channel(mpsc::SyncSender<String>),
+}
 
 /// Where records go; cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AuditLog {
-    tx: mpsc::SyncSender<String>,
+    sink: Sink,
     dropped: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("dropped", &self.dropped())
+            .finish_non_exhaustive()
+    }
 }
 
 impl AuditLog {
     /// Starts the writer thread for `target`. A file is opened for appending (created 0640).
     pub fn open(target: &AuditTarget) -> std::io::Result<AuditLog> {
-        let mut out: Box<dyn Write + Send> = match target {
+        let out: Box<dyn Write + Send> = match target {
             AuditTarget::Stderr => Box::new(std::io::stderr()),
             AuditTarget::Stdout => Box::new(std::io::stdout()),
             AuditTarget::File(path) => {
@@ -177,63 +247,69 @@ impl AuditLog {
                 )
             }
         };
-        let (tx, rx) = mpsc::sync_channel::<String>(QUEUE);
+        let writer = Arc::new(Writer {
+            pending: Mutex::new(Vec::with_capacity(WRITE_AT)),
+            wake: Condvar::new(),
+            out: Mutex::new(out),
+        });
+        let w = writer.clone();
         std::thread::Builder::new()
             .name("ward-audit".into())
-            .spawn(move || {
-                // Lines queued together go out in one write: a busy proxy makes one syscall per
-                // batch, not per record, and nothing waits longer than the queue is non-empty.
-                let mut batch = Vec::with_capacity(64 * 1024);
-                while let Ok(line) = rx.recv() {
-                    batch.extend_from_slice(line.as_bytes());
-                    while batch.len() < 64 * 1024 {
-                        match rx.try_recv() {
-                            Ok(line) => batch.extend_from_slice(line.as_bytes()),
-                            Err(_) => break,
-                        }
-                    }
-                    if let Err(e) = out.write_all(&batch).and_then(|_| out.flush()) {
-                        tracing::error!(error = %e, "cannot write the audit log");
-                    }
-                    batch.clear();
-                    if batch.capacity() > 256 * 1024 {
-                        batch.shrink_to(64 * 1024);
-                    }
-                }
-            })?;
+            .spawn(move || w.run())?;
         Ok(AuditLog {
-            tx,
+            sink: Sink::Writer(writer),
             dropped: Arc::new(AtomicU64::new(0)),
         })
     }
 
     /// An audit log whose lines arrive on a channel (the demo reads them).
     pub fn channel() -> (AuditLog, mpsc::Receiver<String>) {
-        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let (tx, rx) = mpsc::sync_channel(8192);
         (
             AuditLog {
-                tx,
+                sink: Sink::Channel(tx),
                 dropped: Arc::new(AtomicU64::new(0)),
             },
             rx,
         )
     }
 
-    /// Queues one record; never blocks.
+    /// Queues one record; never blocks on I/O.
     pub fn write(&self, record: &Record) {
-        let mut line = match serde_json::to_string(record) {
+        let mut line = match serde_json::to_vec(record) {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(error = %e, "cannot encode an audit record");
                 return;
             }
         };
-        line.push('\n');
-        if self.tx.try_send(line).is_err() {
+        line.push(b'\n');
+        let queued = match &self.sink {
+            Sink::Writer(w) => match w.pending.lock() {
+                Ok(mut pending) if pending.len() + line.len() <= MAX_PENDING => {
+                    let was_empty = pending.is_empty();
+                    pending.extend_from_slice(&line);
+                    if was_empty || pending.len() >= WRITE_AT {
+                        w.wake.notify_one();
+                    }
+                    true
+                }
+                _ => false,
+            },
+            Sink::Channel(tx) => tx.try_send(String::from_utf8_lossy(&line).into_owned()).is_ok(),
+        };
+        if !queued {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {
-                tracing::warn!(dropped = n, "audit queue full or closed; records dropped");
+                tracing::warn!(dropped = n, "audit log writer behind; records dropped");
             }
+        }
+    }
+
+    /// Writes out every pending record now (at exit).
+    pub fn flush(&self) {
+        if let Sink::Writer(w) = &self.sink {
+            w.write_pending(&mut Vec::new());
         }
     }
 

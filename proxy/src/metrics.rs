@@ -3,9 +3,6 @@
 //! Per-listener handles are looked up once when a listener starts, so the hot path touches
 //! atomics only; label lookups happen per event (a refusal, a decision), never per byte.
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
-
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -233,14 +230,3 @@ impl Metrics {
         out
     }
 }
-
-/// A shared handle.
-pub type SharedMetrics = Arc<Metrics>;
-
-/// Counts bytes into a counter without a label lookup.
-pub fn add(counter: &Counter, n: u64) {
-    counter.inc_by(n);
-}
-
-#[allow(dead_code)]
-fn _assert_types(_: AtomicU64) {}

@@ -271,6 +271,7 @@ pub async fn start(config: &Config, audit: AuditLog) -> Result<Running, StartErr
             let state = Arc::new(AdminState {
                 store: store.clone(),
                 metrics: metrics.clone(),
+                audit: shared.audit.clone(),
                 config: config_json.clone(),
                 listening: listening_rx,
                 draining: shared.draining.subscribe(),
@@ -470,6 +471,7 @@ impl Running {
 
     async fn finish(self) {
         let _ = self.stop_background.send(true);
+        self.shared.audit.flush();
         let handles: Vec<JoinHandle<()>> = self
             .listeners
             .into_inner()

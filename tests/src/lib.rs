@@ -5,14 +5,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -61,13 +60,16 @@ pub fn require_tool(name: &str) -> PathBuf {
 /// A free loopback port: bind :0, take the port, drop the listener. Ports already handed out
 /// in this process are never handed out again.
 pub fn free_port() -> u16 {
-    static TAKEN: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
-    let taken = TAKEN.get_or_init(|| Mutex::new(HashSet::new()));
+    // Ports below the kernel's ephemeral range (32768+ by default), handed out once per
+    // process: a port given to one ward can then never be taken meanwhile by a listener or
+    // client socket the kernel numbers itself (apps bound to port 0, outgoing connections).
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 12) as u16 * 1000;
     loop {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let port = listener.local_addr().expect("local_addr").port();
-        drop(listener);
-        if taken.lock().unwrap().insert(port) {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < 1000, "free_port: this test binary used up its 1000 ports");
+        let port = base + n;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }

@@ -699,13 +699,17 @@ fn two_pods_talk_through_transparent_sidecars() {
         body.contains(FRONTEND),
         "B's app did not see A's SPIFFE ID in x-forwarded-client-cert: {body}"
     );
-    let allowed = b_ward.records();
-    assert!(
-        allowed
-            .iter()
-            .any(|r| r["decision"] == "allow" && r["peer_id"] == FRONTEND),
-        "no allow record for A at B:\n{}",
-        b_ward.dump()
+    // Audit records are written in batches, a few times a second.
+    wait_for(
+        "an allow record for A at B",
+        Duration::from_secs(5),
+        || {
+            b_ward
+                .records()
+                .iter()
+                .any(|r| r["decision"] == "allow" && r["peer_id"] == FRONTEND)
+        },
+        || b_ward.dump(),
     );
 
     // 2. B's per-port policy denies A on 9090: no app answer, and the app never sees it.

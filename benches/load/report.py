@@ -1,0 +1,416 @@
+#!/usr/bin/env python3
+"""The load harness's report (stdlib only).
+
+    report.py san-hex SPIFFE_ID         the DER of a subjectAltName extension holding exactly
+                                        that one URI, as uppercase hex (haproxy's ACL pattern)
+    report.py report --raw DIR --out DIR
+                                        parses the raw outputs run.sh saved (wrk, h2load, curl,
+                                        RSS samples), prints a markdown table and writes
+                                        results.json, results.md and chart.svg
+"""
+
+import argparse
+import glob
+import json
+import os
+import re
+import statistics
+import sys
+
+TARGETS = ["direct", "ward", "haproxy", "nginx"]
+PROXIES = ["ward", "haproxy", "nginx"]
+
+
+# --------------------------------------------------------------------------------------------
+# san-hex
+# --------------------------------------------------------------------------------------------
+def der_len(n):
+    if n < 0x80:
+        return bytes([n])
+    if n < 0x100:
+        return bytes([0x81, n])
+    return bytes([0x82, n >> 8, n & 0xFF])
+
+
+def san_hex(spiffe_id):
+    uri = spiffe_id.encode()
+    general_name = b"\x86" + der_len(len(uri)) + uri
+    names = b"\x30" + der_len(len(general_name)) + general_name
+    octets = b"\x04" + der_len(len(names)) + names
+    return (b"\x06\x03\x55\x1d\x11" + octets).hex().upper()
+
+
+# --------------------------------------------------------------------------------------------
+# parsing
+# --------------------------------------------------------------------------------------------
+def read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def parse_wrk(text):
+    if not text:
+        return None
+    m = re.search(r"^WRKJSON (\{.*\})$", text, re.M)
+    if not m:
+        return {"error": text.strip().splitlines()[-1] if text.strip() else "no output"}
+    r = json.loads(m.group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    r["non_2xx"] = int(non2xx.group(1)) if non2xx else 0
+    r["errors_total"] = sum(r["errors"].values())
+    return r
+
+
+def to_us(value, unit):
+    return float(value) * {"us": 1, "ms": 1e3, "s": 1e6}[unit]
+
+
+def parse_h2load(text):
+    if not text:
+        return None
+    r = {}
+    m = re.search(r"finished in ([\d.]+)s, ([\d.]+) req/s", text)
+    if m:
+        r["rps"] = float(m.group(2))
+    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", text)
+    if m:
+        r["requests"] = int(m.group(1))
+        r["succeeded"] = int(m.group(4))
+        r["failed"] = int(m.group(5)) + int(m.group(6))
+    m = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
+    if m:
+        r["non_2xx"] = int(m.group(2)) + int(m.group(3)) + int(m.group(4))
+    m = re.search(r"time for request:\s+([\d.]+)(us|ms|s)\s+([\d.]+)(us|ms|s)\s+([\d.]+)(us|ms|s)", text)
+    if m:
+        r["mean_us"] = to_us(m.group(5), m.group(6))
+    if "rps" not in r:
+        r["error"] = text.strip().splitlines()[-1] if text.strip() else "no output"
+    return r
+
+
+def parse_bulk(text, expect_bytes):
+    if not text:
+        return None
+    speeds = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and int(float(parts[1])) == expect_bytes:
+            speeds.append(float(parts[0]) / (1024 * 1024))
+    if not speeds:
+        return {"error": text.strip()}
+    return {"mib_per_s": statistics.median(speeds), "runs": speeds}
+
+
+def collect(raw):
+    meta = {}
+    for line in (read(os.path.join(raw, "meta.txt")) or "").splitlines():
+        if "=" in line:
+            k, v = line.split("=", 1)
+            meta[k] = v
+    res = {}
+    for path in sorted(glob.glob(os.path.join(raw, "*__*.txt"))):
+        scenario, target = os.path.basename(path)[:-4].split("__", 1)
+        text = read(path)
+        if scenario == "h2":
+            r = parse_h2load(text)
+        elif scenario == "bulk":
+            r = parse_bulk(text, int(meta.get("bulk_mib", "0")) * 1024 * 1024)
+        elif scenario == "idle":
+            parts = (text or "").split()
+            if len(parts) == 5:
+                n, fb, fa, bb, ba = (int(p) for p in parts)
+                r = {"conns": n, "front_kib_before": fb, "front_kib_after": fa,
+                     "back_kib_before": bb, "back_kib_after": ba}
+                if n:
+                    r["front_bytes_per_conn"] = (fa - fb) * 1024 / n
+                    r["pair_bytes_per_conn"] = ((fa - fb) + (ba - bb)) * 1024 / n
+            else:
+                r = {"error": text}
+        else:
+            r = parse_wrk(text)
+        res.setdefault(scenario, {})[target] = r
+    rss = {}
+    for line in (read(os.path.join(raw, "rss.txt")) or "").splitlines():
+        phase, target, side, kib = line.split()
+        rss.setdefault(target, {}).setdefault(phase, {})[side] = int(kib)
+    return meta, res, rss
+
+
+# --------------------------------------------------------------------------------------------
+# the table, ratios and targets
+# --------------------------------------------------------------------------------------------
+def get(res, scenario, target, key):
+    r = res.get(scenario, {}).get(target)
+    if not r or "error" in r:
+        return None
+    return r.get(key)
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def fmt(v, digits=0):
+    if v is None:
+        return "n/a"
+    if digits == 0:
+        return f"{v:,.0f}"
+    return f"{v:,.{digits}f}"
+
+
+def fmt_ratio(v):
+    return "n/a" if v is None else f"{v:.2f}×"
+
+
+def build(meta, res, rss):
+    rows = []  # (label, {target: text}, ratio ward/haproxy or None, chart key, higher_is_better)
+    chart = []  # (label, {proxy: ratio vs haproxy, oriented so that higher is better})
+
+    def row(label, values, digits=0, better="higher", chart_label=None, note=""):
+        cells = {t: fmt(values.get(t), digits) for t in TARGETS}
+        w, h = values.get("ward"), values.get("haproxy")
+        r = ratio(w, h)
+        rows.append({"metric": label, "values": values, "cells": cells,
+                     "ward_vs_haproxy": r, "better": better, "note": note})
+        if chart_label:
+            oriented = {}
+            for p in ("ward", "nginx"):
+                x = ratio(values.get(p), h)
+                if x is not None and better == "lower":
+                    x = 1 / x if x else None
+                oriented[p] = x
+            chart.append((chart_label, oriented))
+
+    def lat_added(scn, key):
+        d = get(res, scn, "direct", key)
+        return {t: (get(res, scn, t, key) - d if get(res, scn, t, key) is not None and d is not None else None)
+                for t in PROXIES}
+
+    vals = {t: get(res, "ka1", t, "rps") for t in TARGETS}
+    row("HTTP/1.1 keep-alive, 1 conn: req/s", vals, chart_label="keep-alive 1 conn req/s")
+    row("… 1 conn: p50 latency (µs)", {t: get(res, "ka1", t, "p50_us") for t in TARGETS}, better="lower")
+    row("… 1 conn: p99 latency (µs)", {t: get(res, "ka1", t, "p99_us") for t in TARGETS}, better="lower")
+    row("… 1 conn: p50 added over direct (µs)", lat_added("ka1", "p50_us"), better="lower",
+        chart_label="latency added (1 conn p50)")
+    row("HTTP/1.1 keep-alive, 32 conns: req/s", {t: get(res, "ka32", t, "rps") for t in TARGETS},
+        chart_label="keep-alive 32 conns req/s")
+    row("… 32 conns: p50 latency (µs)", {t: get(res, "ka32", t, "p50_us") for t in TARGETS}, better="lower")
+    row("… 32 conns: p99 latency (µs)", {t: get(res, "ka32", t, "p99_us") for t in TARGETS}, better="lower")
+    row("new conn per request, full handshake: conn/s", {t: get(res, "newconn_full", t, "rps") for t in TARGETS},
+        chart_label="new conns/s vs full handshake",
+        note="ward: tcp pair, one mTLS connection per client connection (resumption is ward's own choice); "
+             "haproxy: no-ssl-reuse; nginx: proxy_ssl_session_reuse off")
+    row("new conn per request, session resumption: conn/s", {t: get(res, "newconn_resumed", t, "rps") for t in TARGETS},
+        chart_label="new conns/s, resumption",
+        note="ward: same tcp pair; haproxy and nginx: TLS session reuse on (their default)")
+    row("new conn per request, pooled sidecar links: conn/s", {t: get(res, "newconn_pooled", t, "rps") for t in TARGETS},
+        chart_label="new conns/s, pooled",
+        note="client connections into the HTTP front; ward: pooled HTTP/2 between the sidecars; "
+             "haproxy: http-reuse always; nginx: upstream keepalive")
+    row("HTTP/2 multiplexed (4 conns × 32 streams): req/s", {t: get(res, "h2", t, "rps") for t in TARGETS},
+        chart_label="HTTP/2 req/s")
+    row("bulk download: MiB/s", {t: get(res, "bulk", t, "mib_per_s") for t in TARGETS}, chart_label="bulk MiB/s",
+        note="ward and haproxy: tcp pairs; nginx: its http pair")
+    idle_n = meta.get("idle_conns", "?")
+    row(f"{idle_n} idle conns: front RSS per conn (bytes)",
+        {t: get(res, "idle", t, "front_bytes_per_conn") for t in PROXIES}, better="lower",
+        chart_label="idle conn memory (front)")
+    row(f"{idle_n} idle conns: pair RSS per conn (bytes)",
+        {t: get(res, "idle", t, "pair_bytes_per_conn") for t in PROXIES}, better="lower")
+
+    def rss_mib(phase, side):
+        return {t: (rss[t][phase][side] / 1024 if rss.get(t, {}).get(phase, {}).get(side) is not None else None)
+                for t in PROXIES}
+
+    row("RSS idle, outbound process (MiB)", rss_mib("idle", "out"), 1, better="lower")
+    row("RSS idle, inbound process (MiB)", rss_mib("idle", "in"), 1, better="lower")
+    row("RSS after load, outbound process (MiB)", rss_mib("after_load", "out"), 1, better="lower",
+        chart_label="RSS after load (out)")
+    row("RSS after load, inbound process (MiB)", rss_mib("after_load", "in"), 1, better="lower")
+
+    # the issue's targets
+    def v(scn, t, key):
+        return get(res, scn, t, key)
+
+    d50 = v("ka1", "direct", "p50_us")
+    added = {t: (v("ka1", t, "p50_us") - d50) if v("ka1", t, "p50_us") is not None and d50 is not None else None
+             for t in PROXIES}
+    ward_rss_idle = max((rss.get("ward", {}).get("idle", {}) or {"x": 0}).values()) / 1024 if rss.get("ward") else None
+    ward_rss_after = max((rss.get("ward", {}).get("after_load", {}) or {"x": 0}).values()) / 1024 if rss.get("ward") else None
+    targets = [
+        {"target": "keep-alive req/s (32 conns) ≥ 1.25× haproxy",
+         "value": ratio(v("ka32", "ward", "rps"), v("ka32", "haproxy", "rps")), "goal": 1.25, "cmp": ">="},
+        {"target": "latency added at 1 conn (p50 over direct) ≤ 0.8× haproxy's",
+         "value": ratio(added["ward"], added["haproxy"]) if (added["haproxy"] or 0) > 0 else None,
+         "goal": 0.8, "cmp": "<="},
+        {"target": "new conns/s ≥ 1.5× haproxy's full-handshake rate",
+         "value": ratio(v("newconn_full", "ward", "rps"), v("newconn_full", "haproxy", "rps")), "goal": 1.5, "cmp": ">="},
+        {"target": "bulk throughput ≥ 1.2× haproxy",
+         "value": ratio(v("bulk", "ward", "mib_per_s"), v("bulk", "haproxy", "mib_per_s")), "goal": 1.2, "cmp": ">="},
+        {"target": "RSS per ward process idle ≤ 6 MiB", "value": ward_rss_idle, "goal": 6, "cmp": "<=", "unit": "MiB"},
+        {"target": "RSS per ward process after load ≤ 12 MiB", "value": ward_rss_after, "goal": 12, "cmp": "<=",
+         "unit": "MiB"},
+    ]
+    for t in targets:
+        if t["value"] is None:
+            t["met"] = None
+        else:
+            t["met"] = t["value"] >= t["goal"] if t["cmp"] == ">=" else t["value"] <= t["goal"]
+
+    problems = []
+    for scn, per in res.items():
+        for t, r in per.items():
+            if not r:
+                continue
+            if "error" in r:
+                problems.append(f"{scn}/{t}: {r['error']}")
+                continue
+            n = r.get("non_2xx", 0) + r.get("errors_total", 0) + r.get("failed", 0)
+            if n:
+                problems.append(f"{scn}/{t}: {n} failed or non-2xx requests")
+    return rows, chart, targets, problems
+
+
+def markdown(meta, rows, targets, problems):
+    out = []
+    out.append(f"Machine: {meta.get('nproc', '?')} CPUs, {meta.get('cpu', '?')}, {meta.get('kernel', '?')}, "
+               f"{meta.get('os', '?')}; load average at the end {meta.get('loadavg', '?')}.")
+    out.append(f"Run: `benches/load/run.sh{' --quick' if meta.get('mode') == 'quick' else ''}` "
+               f"({meta.get('mode')}, {meta.get('secs')} s per measurement, {meta.get('threads')} worker "
+               f"threads/processes per proxy); ward {meta.get('ward', '?')} ({meta.get('ward_commit', '?')}), "
+               f"haproxy {meta.get('haproxy', '?')}, nginx {meta.get('nginx', '?')} + njs, "
+               f"OpenSSL {meta.get('openssl', '?')}, wrk {meta.get('wrk', '?')}, h2load {meta.get('h2load', '?')}.")
+    out.append("")
+    out.append("| metric | direct | ward pair | haproxy pair | nginx pair | ward / haproxy |")
+    out.append("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        c = r["cells"]
+        out.append(f"| {r['metric']} | {c['direct'] if r['values'].get('direct') is not None else '—'} | "
+                   f"{c['ward']} | {c['haproxy']} | {c['nginx']} | {fmt_ratio(r['ward_vs_haproxy'])} |")
+    out.append("")
+    out.append("| target | measured | met |")
+    out.append("| --- | ---: | :---: |")
+    for t in targets:
+        val = "n/a" if t["value"] is None else (f"{t['value']:.1f} MiB" if t.get("unit") else f"{t['value']:.2f}×")
+        met = "n/a" if t["met"] is None else ("yes" if t["met"] else "**no**")
+        out.append(f"| {t['target']} | {val} | {met} |")
+    notes = [r for r in rows if r["note"]]
+    if notes:
+        out.append("")
+        for r in notes:
+            out.append(f"- {r['metric']}: {r['note']}.")
+    if problems:
+        out.append("")
+        out.append("Problems seen in this run:")
+        for p in problems:
+            out.append(f"- {p}")
+    return "\n".join(out) + "\n"
+
+
+def esc(s):
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def svg_chart(meta, chart):
+    """A grouped bar chart of ward and nginx relative to haproxy (= 1), higher is better."""
+    colors = {"ward": "#2b6cb0", "nginx": "#38a169"}
+    groups = [(label, vals) for label, vals in chart if any(v is not None for v in vals.values())]
+    width, left, top, bottom, group_w = 120 + 110 * max(len(groups), 1), 60, 60, 120, 110
+    height = 420
+    plot_h = height - top - bottom
+    ymax = max([2.0] + [v for _, vals in groups for v in vals.values() if v is not None])
+    ymax = min(ymax, 6.0)
+    ymax = float(int(ymax + 0.999))
+
+    def y(v):
+        return top + plot_h - min(v, ymax) / ymax * plot_h
+
+    s = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+         f'font-family="sans-serif" font-size="12">',
+         f'<rect width="{width}" height="{height}" fill="white"/>',
+         f'<text x="{left}" y="22" font-size="15" font-weight="bold">ward and nginx relative to haproxy '
+         f'(haproxy = 1, higher is better)</text>',
+         f'<text x="{left}" y="40" fill="#555">{esc(meta.get("mode", ""))} run, {esc(meta.get("nproc", "?"))} CPUs, '
+         f'{esc(meta.get("cpu", "?"))}; latency and memory are inverted (haproxy ÷ x)</text>']
+    step = 0.5 if ymax <= 3 else 1.0
+    t = 0.0
+    while t <= ymax + 1e-9:
+        yy = y(t)
+        s.append(f'<line x1="{left}" x2="{width - 20}" y1="{yy:.1f}" y2="{yy:.1f}" stroke="#e2e8f0"/>')
+        s.append(f'<text x="{left - 6}" y="{yy + 4:.1f}" text-anchor="end" fill="#555">{t:g}×</text>')
+        t += step
+    for i, (label, vals) in enumerate(groups):
+        x0 = left + 10 + i * group_w
+        for j, p in enumerate(("ward", "nginx")):
+            v = vals.get(p)
+            bx = x0 + 15 + j * 36
+            if v is None:
+                s.append(f'<text x="{bx + 16}" y="{y(0) - 4:.1f}" text-anchor="middle" fill="#999">n/a</text>')
+                continue
+            s.append(f'<rect x="{bx}" y="{y(v):.1f}" width="32" height="{y(0) - y(v):.1f}" fill="{colors[p]}"/>')
+            s.append(f'<text x="{bx + 16}" y="{y(v) - 4:.1f}" text-anchor="middle" font-size="11">'
+                     f'{v:.2f}{"+" if v > ymax else ""}</text>')
+        lx, ly = x0 + 50, y(0) + 14
+        s.append(f'<text transform="translate({lx},{ly}) rotate(30)" font-size="11">{esc(label)}</text>')
+    yy = y(1)
+    s.append(f'<line x1="{left}" x2="{width - 20}" y1="{yy:.1f}" y2="{yy:.1f}" stroke="#c53030" '
+             f'stroke-dasharray="6,4"/>')
+    s.append(f'<text x="{width - 22}" y="{yy - 4:.1f}" text-anchor="end" fill="#c53030">haproxy</text>')
+    lx = left
+    for p in ("ward", "nginx"):
+        s.append(f'<rect x="{lx}" y="{height - 22}" width="12" height="12" fill="{colors[p]}"/>')
+        s.append(f'<text x="{lx + 16}" y="{height - 12}">{p}</text>')
+        lx += 80
+    s.append("</svg>")
+    return "\n".join(s) + "\n"
+
+
+def report(args):
+    meta, res, rss = collect(args.raw)
+    rows, chart, targets, problems = build(meta, res, rss)
+    md = markdown(meta, rows, targets, problems)
+    os.makedirs(args.out, exist_ok=True)
+    doc = {
+        "machine": {k: meta.get(k) for k in ("nproc", "cpu", "kernel", "os", "mem_total_kib", "loadavg")},
+        "run": {k: meta.get(k) for k in ("mode", "secs", "threads", "idle_conns", "bulk_mib")},
+        "versions": {k: meta.get(k) for k in ("ward", "ward_commit", "haproxy", "nginx", "openssl", "wrk", "h2load")},
+        "results": res,
+        "rss_kib": rss,
+        "table": [{k: r[k] for k in ("metric", "values", "ward_vs_haproxy", "better", "note")} for r in rows],
+        "targets": targets,
+        "problems": problems,
+    }
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(doc, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(md)
+    with open(os.path.join(args.out, "chart.svg"), "w") as f:
+        f.write(svg_chart(meta, chart))
+    print()
+    print(md)
+    print(f"written: {args.out}/results.json, results.md, chart.svg (raw outputs in {args.raw})")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("san-hex")
+    p.add_argument("id")
+    p = sub.add_parser("report")
+    p.add_argument("--raw", required=True)
+    p.add_argument("--out", required=True)
+    args = ap.parse_args()
+    if args.cmd == "san-hex":
+        print(san_hex(args.id))
+    else:
+        report(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

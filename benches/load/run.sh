@@ -1,0 +1,396 @@
+#!/usr/bin/env bash
+# ward's load harness: ward side by side with a direct path, a haproxy pair and an nginx pair,
+# all doing mTLS with SPIFFE URI-SAN checks on 127.0.0.1.
+#
+#   benches/load/run.sh            # full run, about 6-8 minutes
+#   benches/load/run.sh --quick    # every measurement briefly, about a minute and a half
+#
+# It installs what is missing (apt-get), builds ward (cargo build --release -p ward), makes a
+# dev CA and two SVIDs with `ward certs`, starts every process on 127.0.0.1 ports from
+# $WARD_BENCH_PORT_BASE (default 19100, below the ephemeral range) upwards, measures with wrk / h2load / curl, prints a
+# markdown table and writes target/bench/{results.json,results.md,chart.svg}. Every process it
+# starts is stopped on exit. What each measurement means: benches/load/README.md.
+#
+# Settings (environment): WARD_BENCH_PORT_BASE, WARD_BENCH_THREADS (worker threads/processes
+# per proxy, default 2 = ward's default), WARD_BENCH_SECS (seconds per measurement),
+# WARD_BENCH_IDLE_CONNS, WARD_BENCH_BULK_MIB, WARD_BENCH_NO_INSTALL=1 (never apt-get),
+# WARD_BENCH_SKIP_BUILD=1 (use target/release/ward as it is), WARD_BENCH_AUDIT=file (keep
+# ward's audit records in target/bench/run/logs instead of writing them to /dev/null).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+
+QUICK=0
+for arg in "$@"; do
+    case "$arg" in
+        --quick) QUICK=1 ;;
+        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; exit 0 ;;
+        *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
+    esac
+done
+
+if [[ $QUICK == 1 ]]; then
+    SECS=${WARD_BENCH_SECS:-2}; IDLE_CONNS=${WARD_BENCH_IDLE_CONNS:-2000}
+    BULK_MIB=${WARD_BENCH_BULK_MIB:-256}; BULK_REPS=1; MODE=quick
+else
+    SECS=${WARD_BENCH_SECS:-8}; IDLE_CONNS=${WARD_BENCH_IDLE_CONNS:-10000}
+    BULK_MIB=${WARD_BENCH_BULK_MIB:-1024}; BULK_REPS=3; MODE=full
+fi
+THREADS=${WARD_BENCH_THREADS:-2}
+BASE=${WARD_BENCH_PORT_BASE:-19100}
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------------------------------------
+# 1. tools
+# ---------------------------------------------------------------------------------------------
+NJS_SO=/usr/lib/nginx/modules/ngx_http_js_module.so
+install_missing() {
+    local -a pkgs=()
+    command -v nginx   >/dev/null || pkgs+=(nginx)
+    command -v haproxy >/dev/null || pkgs+=(haproxy)
+    command -v wrk     >/dev/null || pkgs+=(wrk)
+    command -v h2load  >/dev/null || pkgs+=(nghttp2-client)
+    command -v openssl >/dev/null || pkgs+=(openssl)
+    command -v python3 >/dev/null || pkgs+=(python3)
+    command -v curl    >/dev/null || pkgs+=(curl)
+    command -v pgrep   >/dev/null || pkgs+=(procps)
+    local need_njs=0
+    [[ -f $NJS_SO ]] || need_njs=1
+    if [[ ${#pkgs[@]} == 0 && $need_njs == 0 ]]; then return; fi
+    [[ ${WARD_BENCH_NO_INSTALL:-0} == 1 ]] && die "missing: ${pkgs[*]} ${need_njs:+njs} (WARD_BENCH_NO_INSTALL=1)"
+    command -v apt-get >/dev/null || die "missing ${pkgs[*]} (and njs: $need_njs) and no apt-get to install them"
+    local sudo=""
+    [[ $(id -u) == 0 ]] || sudo=sudo
+    log "installing: ${pkgs[*]} $([[ $need_njs == 1 ]] && echo '+ the nginx njs module')"
+    # Never let a package's postinst start a system-wide nginx/haproxy on port 80.
+    local policy=/usr/sbin/policy-rc.d made_policy=0
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null && $sudo chmod +x "$policy" && made_policy=1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -qq
+    if [[ $need_njs == 1 ]]; then
+        # Debian calls it libnginx-mod-http-js; nginx.org's repository nginx-module-njs.
+        local p
+        for p in libnginx-mod-http-js nginx-module-njs; do
+            if apt-cache policy "$p" 2>/dev/null | grep -q 'Candidate: [0-9]'; then pkgs+=("$p"); break; fi
+        done
+    fi
+    $sudo apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+    [[ $made_policy == 1 ]] && $sudo rm -f "$policy"
+    [[ -f $NJS_SO ]] || NJS_SO=$(find /usr/lib/nginx/modules /etc/nginx/modules -name 'ngx_http_js_module.so' 2>/dev/null | head -1)
+    [[ -f $NJS_SO ]] || die "the nginx njs module (ngx_http_js_module.so) is still missing"
+}
+install_missing
+
+WARD=$ROOT/target/release/ward
+if [[ ${WARD_BENCH_SKIP_BUILD:-0} == 1 && -x $WARD ]]; then
+    log "using the existing $WARD (WARD_BENCH_SKIP_BUILD=1)"
+else
+    log "building ward (cargo build --release -p ward)"
+    (cd "$ROOT" && cargo build --release -p ward --quiet) || die "cargo build --release -p ward failed"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 2. a scratch directory, limits, cleanup
+# ---------------------------------------------------------------------------------------------
+OUTDIR=$ROOT/target/bench
+RUN=$OUTDIR/run
+rm -rf "$RUN"
+mkdir -p "$RUN"/{out,logs,www,tmp}
+
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+FDS=$(ulimit -n)
+if (( FDS < IDLE_CONNS * 2 + 1000 )); then
+    NEW=$(( (FDS - 1000) / 2 ))
+    log "ulimit -n is $FDS: holding $NEW idle connections instead of $IDLE_CONNS"
+    IDLE_CONNS=$NEW
+fi
+
+PIDS=()
+cleanup() {
+    local p
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+        local alive=0
+        for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+        [[ $alive == 0 ]] && break
+        sleep 0.2
+    done
+    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+    rm -f "${RUN:-/nonexistent}/www/big"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------------------------------------
+# 3. ports and certificates
+# ---------------------------------------------------------------------------------------------
+P_APP=$BASE;            P_APP_H2=$((BASE + 1))
+P_W_OUT_HTTP=$((BASE + 10)); P_W_IN_HTTP=$((BASE + 11))
+P_W_OUT_TCP=$((BASE + 12));  P_W_IN_TCP=$((BASE + 13))
+P_HA_H1=$((BASE + 20));  P_HA_BACK_HTTP=$((BASE + 21)); P_HA_H2=$((BASE + 22))
+P_HA_TCP_FULL=$((BASE + 23)); P_HA_BACK_TCP=$((BASE + 24)); P_HA_TCP_RESUME=$((BASE + 25))
+P_NG_H1=$((BASE + 30)); P_NG_H2=$((BASE + 31)); P_NG_BACK=$((BASE + 32))
+P_NG_FULL=$((BASE + 33)); P_NG_RESUME=$((BASE + 34))
+ALL_PORTS=($P_APP $P_APP_H2 $P_W_OUT_HTTP $P_W_IN_HTTP $P_W_OUT_TCP $P_W_IN_TCP $P_HA_H1 $P_HA_BACK_HTTP
+    $P_HA_H2 $P_HA_TCP_FULL $P_HA_BACK_TCP $P_HA_TCP_RESUME $P_NG_H1 $P_NG_H2 $P_NG_BACK $P_NG_FULL $P_NG_RESUME)
+python3 - "${ALL_PORTS[@]}" <<'PY' || die "ports in use: pick another WARD_BENCH_PORT_BASE"
+import socket, sys
+busy = []
+for p in sys.argv[1:]:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("127.0.0.1", int(p)))
+    except OSError:
+        busy.append(p)
+    s.close()
+if busy:
+    print("busy ports:", " ".join(busy), file=sys.stderr)
+    sys.exit(1)
+PY
+
+TD=bench.local
+CLIENT_ID=spiffe://$TD/ns/bench/sa/client
+SERVER_ID=spiffe://$TD/ns/bench/sa/server
+log "certificates: a dev CA for $TD, SVIDs for $CLIENT_ID and $SERVER_ID"
+C=$RUN/certs
+"$WARD" certs ca --trust-domain "$TD" --out "$C/ca" >/dev/null
+"$WARD" certs issue --ca "$C/ca" --id "$CLIENT_ID" --ttl 4h --out "$C/client" >/dev/null
+"$WARD" certs issue --ca "$C/ca" --id "$SERVER_ID" --ttl 4h --out "$C/server" >/dev/null
+cat "$C/client/svid.pem" "$C/client/svid_key.pem" > "$C/client/combined.pem"
+cat "$C/server/svid.pem" "$C/server/svid_key.pem" > "$C/server/combined.pem"
+# nginx can verify an upstream only by DNS name (proxy_ssl_verify checks proxy_ssl_name), so the
+# nginx inbound presents the same SPIFFE ID from the same CA with a DNS SAN added.
+mkdir -p "$C/server-dns"
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$C/server-dns/key.pem" 2>/dev/null
+openssl req -new -key "$C/server-dns/key.pem" -subj "/O=ward bench" -out "$C/server-dns/csr.pem" 2>/dev/null
+cat > "$C/server-dns/ext.cnf" <<EXT
+subjectAltName=URI:$SERVER_ID,DNS:server.$TD
+basicConstraints=critical,CA:FALSE
+keyUsage=critical,digitalSignature
+extendedKeyUsage=serverAuth,clientAuth
+authorityKeyIdentifier=keyid
+EXT
+openssl x509 -req -in "$C/server-dns/csr.pem" -CA "$C/ca/ca.pem" -CAkey "$C/ca/ca_key.pem" \
+    -set_serial "0x$(openssl rand -hex 15)" -days 1 -extfile "$C/server-dns/ext.cnf" \
+    -out "$C/server-dns/svid.pem" 2>/dev/null
+"$WARD" certs inspect "$C/server-dns/svid.pem" --bundle "$C/server/bundle.pem" >/dev/null \
+    || die "the nginx server certificate is not a valid SVID"
+
+# The DER bytes of a subjectAltName extension holding exactly one URI, the expected ID: haproxy
+# matches them against the hex of the peer's certificate (ssl_c_der / ssl_s_der).
+san_hex() { python3 "$HERE/report.py" san-hex "$1"; }
+CLIENT_SAN_HEX=$(san_hex "$CLIENT_ID")
+SERVER_SAN_HEX=$(san_hex "$SERVER_ID")
+for who in client:$CLIENT_SAN_HEX server:$SERVER_SAN_HEX; do
+    openssl x509 -in "$C/${who%%:*}/svid.pem" -outform der | od -An -v -tx1 | tr -d ' \n' | tr a-f A-F \
+        | grep -q "${who#*:}" || die "the SAN pattern does not match the ${who%%:*} SVID"
+done
+
+# ---------------------------------------------------------------------------------------------
+# 4. configs and processes
+# ---------------------------------------------------------------------------------------------
+render() { # template -> output, replacing @NAME@ with $NAME
+    python3 - "$1" "$2" <<'PY'
+import os, re, sys
+src, dst = sys.argv[1], sys.argv[2]
+text = open(src).read()
+def sub(m):
+    v = os.environ.get(m.group(1))
+    if v is None:
+        sys.exit(f"{src}: @{m.group(1)}@ is not set")
+    return v
+open(dst, "w").write(re.sub(r"@([A-Z0-9_]+)@", sub, text))
+PY
+}
+NOFILE=$FDS
+# ward writes an audit record per connection and per HTTP request (as in production); by
+# default to /dev/null so a run does not fill the disk (the records are still made and written).
+if [[ ${WARD_BENCH_AUDIT:-null} == file ]]; then
+    AUDIT_OUT=$RUN/logs/ward-out.audit.log; AUDIT_IN=$RUN/logs/ward-in.audit.log
+else
+    AUDIT_OUT=/dev/null; AUDIT_IN=/dev/null
+fi
+export AUDIT_OUT AUDIT_IN
+export NOFILE RUN HERE THREADS NJS_SO CLIENT_ID SERVER_ID CLIENT_SAN_HEX SERVER_SAN_HEX TD
+export C P_APP P_APP_H2 P_W_OUT_HTTP P_W_IN_HTTP P_W_OUT_TCP P_W_IN_TCP P_HA_H1 P_HA_BACK_HTTP P_HA_H2
+export P_HA_TCP_FULL P_HA_BACK_TCP P_HA_TCP_RESUME P_NG_H1 P_NG_H2 P_NG_BACK P_NG_FULL P_NG_RESUME
+for t in app.nginx.conf nginx-out.conf nginx-in.conf haproxy-out.cfg haproxy-in.cfg ward-out.yaml ward-in.yaml; do
+    render "$HERE/$t.in" "$RUN/$t"
+done
+cp "$HERE/spiffe.js" "$RUN/spiffe.js"
+head -c $((BULK_MIB * 1024 * 1024)) /dev/urandom > "$RUN/www/big"
+echo -n ok > "$RUN/www/index.txt"
+
+declare -A PID
+start() { # name, command...
+    local name=$1; shift
+    "$@" >"$RUN/logs/$name.out" 2>"$RUN/logs/$name.err" &
+    PID[$name]=$!
+    PIDS+=("$!")
+}
+wait_port() {
+    local port=$1 i
+    for i in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    die "nothing listens on 127.0.0.1:$port (logs in $RUN/logs)"
+}
+
+log "starting the app (nginx), ward, haproxy and nginx pairs ($THREADS threads/workers each)"
+NGINX_G="daemon off; master_process on;"
+start app        nginx -p "$RUN" -c "$RUN/app.nginx.conf" -e "$RUN/logs/app.error.log" -g "$NGINX_G"
+start ward-in    env RUST_LOG=warn "$WARD" run -c "$RUN/ward-in.yaml" --workers "$THREADS"
+start ward-out   env RUST_LOG=warn "$WARD" run -c "$RUN/ward-out.yaml" --workers "$THREADS"
+start haproxy-in  haproxy -db -f "$RUN/haproxy-in.cfg"
+start haproxy-out haproxy -db -f "$RUN/haproxy-out.cfg"
+start nginx-in   nginx -p "$RUN" -c "$RUN/nginx-in.conf" -e "$RUN/logs/nginx-in.error.log" -g "$NGINX_G"
+start nginx-out  nginx -p "$RUN" -c "$RUN/nginx-out.conf" -e "$RUN/logs/nginx-out.error.log" -g "$NGINX_G"
+for p in "${ALL_PORTS[@]}"; do wait_port "$p"; done
+
+# Front ports per target and scenario.
+declare -A H1=([direct]=$P_APP [ward]=$P_W_OUT_HTTP [haproxy]=$P_HA_H1 [nginx]=$P_NG_H1)
+declare -A H2=([direct]=$P_APP_H2 [ward]=$P_W_OUT_HTTP [haproxy]=$P_HA_H2 [nginx]=$P_NG_H2)
+# one new mTLS connection between the sidecars per client connection
+declare -A FULL=([direct]=$P_APP [ward]=$P_W_OUT_TCP [haproxy]=$P_HA_TCP_FULL [nginx]=$P_NG_FULL)
+declare -A RESUME=([ward]=$P_W_OUT_TCP [haproxy]=$P_HA_TCP_RESUME [nginx]=$P_NG_RESUME)
+declare -A BULK=([direct]=$P_APP [ward]=$P_W_OUT_TCP [haproxy]=$P_HA_TCP_RESUME [nginx]=$P_NG_H1)
+PROXIES=(ward haproxy nginx)
+TARGETS=(direct ward haproxy nginx)
+
+# Each inbound side must admit the client's SVID and refuse another SPIFFE ID from the same CA.
+"$WARD" certs issue --ca "$C/ca" --id "spiffe://$TD/ns/bench/sa/intruder" --ttl 1h --out "$C/intruder" >/dev/null
+for check in ward:$P_W_IN_HTTP ward:$P_W_IN_TCP haproxy:$P_HA_BACK_HTTP haproxy:$P_HA_BACK_TCP nginx:$P_NG_BACK; do
+    for who in client intruder; do
+        body=$(curl -sk --max-time 5 --tlsv1.3 --cert "$C/$who/svid.pem" --key "$C/$who/svid_key.pem" \
+            "https://127.0.0.1:${check#*:}/" 2>/dev/null) || body="(refused)"
+        if [[ $who == client && $body != ok ]]; then die "${check%%:*} inbound :${check#*:} refused the client's SVID: $body"; fi
+        if [[ $who == intruder && $body == ok ]]; then die "${check%%:*} inbound :${check#*:} admitted another SPIFFE ID"; fi
+    done
+done
+
+# Every front must answer `ok`.
+for t in "${TARGETS[@]}"; do
+    for port in ${H1[$t]} ${FULL[$t]} ${RESUME[$t]:-} ${BULK[$t]}; do
+        body=$(curl -sS --max-time 5 "http://127.0.0.1:$port/") || die "$t: no answer on :$port (logs in $RUN/logs)"
+        [[ $body == ok ]] || die "$t: :$port answered '$body' (logs in $RUN/logs)"
+    done
+    curl -sS --max-time 5 --http2-prior-knowledge -o /dev/null "http://127.0.0.1:${H2[$t]}/" \
+        || die "$t: no h2c answer on :${H2[$t]}"
+done
+
+rss_kib() { # pid: VmRSS of it and its children (nginx: master + workers)
+    local total=0 p v
+    for p in "$1" $(pgrep -P "$1" 2>/dev/null); do
+        v=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+record_rss() { # phase
+    local t side
+    for t in "${PROXIES[@]}"; do
+        for side in out in; do
+            echo "$1 $t $side $(rss_kib "${PID[$t-$side]}")" >> "$RUN/out/rss.txt"
+        done
+    done
+}
+sleep 1
+record_rss idle
+
+# On fresh processes, before the load: pools and heaps grown by the load would absorb them.
+log "$IDLE_CONNS idle keep-alive connections into each front (after one request each)"
+for t in "${PROXIES[@]}"; do
+    python3 "$HERE/hold.py" --port "${H1[$t]}" --conns "$IDLE_CONNS" \
+        --ready "$RUN/out/idle__$t.ready" > "$RUN/out/idle__$t.hold" 2>&1 &
+    HOLD=$!
+    PIDS+=("$HOLD")
+    front_before=$(rss_kib "${PID[$t-out]}"); back_before=$(rss_kib "${PID[$t-in]}")
+    for _ in $(seq 1 600); do
+        [[ -e $RUN/out/idle__$t.ready ]] && break
+        kill -0 "$HOLD" 2>/dev/null || break
+        sleep 0.1
+    done
+    sleep 1
+    front_after=$(rss_kib "${PID[$t-out]}"); back_after=$(rss_kib "${PID[$t-in]}")
+    opened=$(cat "$RUN/out/idle__$t.ready" 2>/dev/null || echo 0)
+    kill -TERM "$HOLD" 2>/dev/null || true
+    wait "$HOLD" 2>/dev/null || true
+    echo "$opened $front_before $front_after $back_before $back_after" > "$RUN/out/idle__$t.txt"
+    printf '    %-8s %s conns: front %s -> %s KiB, back %s -> %s KiB\n' "$t" "$opened" \
+        "$front_before" "$front_after" "$back_before" "$back_after" >&2
+    sleep 1
+done
+
+# ---------------------------------------------------------------------------------------------
+# 5. measurements
+# ---------------------------------------------------------------------------------------------
+WRK_LUA=$HERE/wrk-report.lua
+run_wrk() { # scenario target port conns threads [extra wrk args]
+    local scenario=$1 target=$2 port=$3 conns=$4 threads=$5; shift 5
+    wrk -t "$threads" -c "$conns" -d "${SECS}s" --timeout 5s -s "$WRK_LUA" "$@" \
+        "http://127.0.0.1:$port/" > "$RUN/out/${scenario}__${target}.txt" 2>&1 || true
+    printf '    %-16s %-8s %s\n' "$scenario" "$target" \
+        "$(grep -o 'Requests/sec: *[0-9.]*' "$RUN/out/${scenario}__${target}.txt" || echo failed)" >&2
+}
+
+log "HTTP/1.1 keep-alive, 1 connection (${SECS}s each)"
+for t in "${TARGETS[@]}"; do run_wrk ka1 "$t" "${H1[$t]}" 1 1; done
+log "HTTP/1.1 keep-alive, 32 connections"
+for t in "${TARGETS[@]}"; do run_wrk ka32 "$t" "${H1[$t]}" 32 2; done
+log "a new connection per request, full handshake between the sidecars"
+for t in "${TARGETS[@]}"; do run_wrk newconn_full "$t" "${FULL[$t]}" 16 2 -H 'Connection: close'; done
+log "a new connection per request, TLS session resumption between the sidecars"
+for t in "${PROXIES[@]}"; do run_wrk newconn_resumed "$t" "${RESUME[$t]}" 16 2 -H 'Connection: close'; done
+log "a new connection per request into the HTTP front (sidecar-to-sidecar connections pooled)"
+for t in "${TARGETS[@]}"; do run_wrk newconn_pooled "$t" "${H1[$t]}" 16 2 -H 'Connection: close'; done
+
+log "HTTP/2 multiplexed (h2c prior knowledge, 4 connections x 32 streams)"
+for t in "${TARGETS[@]}"; do
+    h2load -c 4 -m 32 -t 1 -D "$SECS" --warm-up-time=1 "http://127.0.0.1:${H2[$t]}/" \
+        > "$RUN/out/h2__$t.txt" 2>&1 || true
+    printf '    %-16s %-8s %s\n' h2 "$t" "$(grep -o '[0-9.]* req/s' "$RUN/out/h2__$t.txt" || echo failed)" >&2
+done
+
+log "bulk: a ${BULK_MIB} MiB download through each path (curl, $BULK_REPS run(s))"
+for t in "${TARGETS[@]}"; do
+    for _ in $(seq 1 "$BULK_REPS"); do
+        curl -sS --max-time 300 -o /dev/null -w '%{speed_download} %{size_download}\n' \
+            "http://127.0.0.1:${BULK[$t]}/big" >> "$RUN/out/bulk__$t.txt" 2>&1 || echo "failed" >> "$RUN/out/bulk__$t.txt"
+    done
+    printf '    %-16s %-8s %s B/s\n' bulk "$t" "$(tail -1 "$RUN/out/bulk__$t.txt")" >&2
+done
+
+sleep 1
+record_rss after_load
+
+# ---------------------------------------------------------------------------------------------
+# 6. the report
+# ---------------------------------------------------------------------------------------------
+{
+    echo "mode=$MODE"
+    echo "secs=$SECS"
+    echo "threads=$THREADS"
+    echo "idle_conns=$IDLE_CONNS"
+    echo "bulk_mib=$BULK_MIB"
+    echo "nproc=$(nproc)"
+    echo "cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
+    echo "kernel=$(uname -sr)"
+    echo "os=$(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME")"
+    echo "mem_total_kib=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)"
+    echo "loadavg=$(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "ward=$("$WARD" --version 2>/dev/null | head -1)"
+    echo "ward_commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    echo "nginx=$(nginx -v 2>&1 | sed 's/.*version: //')"
+    echo "haproxy=$(haproxy -v 2>/dev/null | head -1 | awk '{print $3}')"
+    echo "openssl=$(openssl version | awk '{print $2}')"
+    echo "wrk=$(wrk -v 2>&1 | head -1 | awk '{print $2}')"
+    echo "h2load=$(h2load --version 2>&1 | head -1 | awk '{print $NF}')"
+} > "$RUN/out/meta.txt"
+python3 "$HERE/report.py" report --raw "$RUN/out" --out "$OUTDIR"
