@@ -38,6 +38,8 @@ else
     BULK_MIB=${WARD_BENCH_BULK_MIB:-1024}; BULK_REPS=3; MODE=full
 fi
 THREADS=${WARD_BENCH_THREADS:-2}
+# ward's own worker threads (default: the same as the others' threads/processes).
+WARD_WORKERS=${WARD_BENCH_WARD_WORKERS:-$THREADS}
 BASE=${WARD_BENCH_PORT_BASE:-19100}
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
@@ -246,8 +248,8 @@ wait_port() {
 log "starting the app (nginx), ward, haproxy and nginx pairs ($THREADS threads/workers each)"
 NGINX_G="daemon off; master_process on;"
 start app        nginx -p "$RUN" -c "$RUN/app.nginx.conf" -e "$RUN/logs/app.error.log" -g "$NGINX_G"
-start ward-in    env RUST_LOG=warn "$WARD" run -c "$RUN/ward-in.yaml" --workers "$THREADS"
-start ward-out   env RUST_LOG=warn "$WARD" run -c "$RUN/ward-out.yaml" --workers "$THREADS"
+start ward-in    env RUST_LOG=warn "$WARD" run -c "$RUN/ward-in.yaml" --workers "$WARD_WORKERS"
+start ward-out   env RUST_LOG=warn "$WARD" run -c "$RUN/ward-out.yaml" --workers "$WARD_WORKERS"
 start haproxy-in  haproxy -db -f "$RUN/haproxy-in.cfg"
 start haproxy-out haproxy -db -f "$RUN/haproxy-out.cfg"
 start nginx-in   nginx -p "$RUN" -c "$RUN/nginx-in.conf" -e "$RUN/logs/nginx-in.error.log" -g "$NGINX_G"

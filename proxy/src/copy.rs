@@ -17,8 +17,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The first buffer of each direction.
 pub const SMALL: usize = 2 * 1024;
-/// The buffer of a direction that proved busy: one full TLS record.
-pub const LARGE: usize = 16 * 1024;
+/// The buffer of a direction that proved busy: four full TLS records, so bulk transfers make
+/// few, large reads and writes.
+pub const LARGE: usize = 64 * 1024;
 /// Full reads of the small buffer before it grows.
 const GROW_AFTER: u8 = 2;
 

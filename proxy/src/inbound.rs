@@ -171,7 +171,10 @@ async fn handle(ib: Arc<Inbound>, shared: Arc<Shared>, tcp: TcpStream, src: Sock
             Protocol::Http => Detected::Http1,
             Protocol::Auto => sniff::peek_tcp(&tcp, shared.settings.load().detect_timeout).await,
         };
-        serve_detected(tcp, detected, &ib, &shared, info, target, plain, started).await;
+        Box::pin(serve_detected(
+            tcp, detected, &ib, &shared, info, target, plain, started,
+        ))
+        .await;
         return;
     }
 
@@ -212,17 +215,50 @@ async fn handle(ib: Arc<Inbound>, shared: Arc<Shared>, tcp: TcpStream, src: Sock
     let detect = shared.settings.load().detect_timeout;
     match (target.protocol, conn.alpn_protocol()) {
         (Protocol::Tcp, _) => {
-            serve_detected(stream, Detected::Opaque, &ib, &shared, info, target, ctx, started).await
+            Box::pin(serve_detected(
+                stream,
+                Detected::Opaque,
+                &ib,
+                &shared,
+                info,
+                target,
+                ctx,
+                started,
+            ))
+            .await
         }
         (_, Some(b"h2")) => {
-            serve_detected(stream, Detected::Http2, &ib, &shared, info, target, ctx, started).await
+            Box::pin(serve_detected(
+                stream,
+                Detected::Http2,
+                &ib,
+                &shared,
+                info,
+                target,
+                ctx,
+                started,
+            ))
+            .await
         }
         (_, Some(_)) | (Protocol::Http, None) => {
-            serve_detected(stream, Detected::Http1, &ib, &shared, info, target, ctx, started).await
+            Box::pin(serve_detected(
+                stream,
+                Detected::Http1,
+                &ib,
+                &shared,
+                info,
+                target,
+                ctx,
+                started,
+            ))
+            .await
         }
         (Protocol::Auto, None) => {
             let (detected, io) = sniff::read_prefix(stream, detect).await;
-            serve_detected(io, detected, &ib, &shared, info, target, ctx, started).await
+            Box::pin(serve_detected(
+                io, detected, &ib, &shared, info, target, ctx, started,
+            ))
+            .await
         }
     }
 }

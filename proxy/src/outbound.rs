@@ -223,12 +223,22 @@ async fn handle(
     let protocol = ob.spec.protocol;
     let detected = match protocol {
         Protocol::Tcp => Detected::Opaque,
-        Protocol::Http => Detected::Http1,
+        Protocol::Http => {
+            // An app connection that has sent nothing yet costs only this small task: the
+            // HTTP machinery (and its buffers) is made once the first bytes arrive.
+            let idle = shared.settings.load().idle_timeout;
+            if !matches!(tokio::time::timeout(idle, app.readable()).await, Ok(Ok(()))) {
+                return;
+            }
+            Detected::Http1
+        }
         Protocol::Auto => sniff::peek_tcp(&app, shared.settings.load().detect_timeout).await,
     };
     if detected != Detected::Opaque {
         let pool = ob.pool(addr, &server_id, &shared).await;
-        serve_http(app, detected, &ob, &shared, info, pool, rule).await;
+        // Boxed: the large HTTP connection state is allocated only for connections that get
+        // this far, not carried by every task from its start.
+        Box::pin(serve_http(app, detected, &ob, &shared, info, pool, rule)).await;
         return;
     }
 
