@@ -167,7 +167,7 @@ pub async fn pipe<A, B>(
     B: AsyncRead + AsyncWrite + Unpin,
 {
     // Stamping one side sees traffic both ways: its reads are a → b, its writes b → a.
-    let (mut a, activity) = guard::stamped(a);
+    let (mut a, activity) = guard::metered(a, None);
     let idle = shared.settings.load().idle_timeout;
     let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
     let outcome = tokio::select! {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, watch};
 
@@ -157,17 +158,19 @@ fn now_ms(start: Instant) -> u64 {
 }
 
 pin_project_lite::pin_project! {
-    /// A stream that stamps the time of its last read or write (one atomic store per I/O
-    /// call, not per byte), so an idle watcher can close it.
-    pub struct Stamped<S> {
+    /// A stream that watches its own traffic, one atomic store or add per I/O call (not per
+    /// byte): it stamps the time of the last read or write, so an idle watcher can close it,
+    /// and, when given counters, counts the bytes each way as they pass.
+    pub struct Metered<S> {
         #[pin]
         inner: S,
         last: Arc<AtomicU64>,
         start: Instant,
+        tally: Option<(Counter, Counter)>,
     }
 }
 
-/// The idle side of [`Stamped`].
+/// The idle side of [`Metered`].
 #[derive(Debug, Clone)]
 pub struct Activity {
     last: Arc<AtomicU64>,
@@ -189,106 +192,54 @@ impl Activity {
     }
 }
 
-/// Wraps `inner`; the [`Activity`] tells how long it has been quiet.
-pub fn stamped<S>(inner: S) -> (Stamped<S>, Activity) {
+/// Wraps `inner`; the [`Activity`] tells how long it has been quiet. With `tally`, bytes read
+/// are added to the first counter and bytes written to the second.
+pub fn metered<S>(inner: S, tally: Option<(Counter, Counter)>) -> (Metered<S>, Activity) {
     let start = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
+    let activity = Activity {
+        last: last.clone(),
+        start,
+    };
     (
-        Stamped {
+        Metered {
             inner,
-            last: last.clone(),
+            last,
             start,
+            tally,
         },
-        Activity { last, start },
+        activity,
     )
 }
 
-impl<S: AsyncRead> AsyncRead for Stamped<S> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.project();
-        let r = this.inner.poll_read(cx, buf);
-        if r.is_ready() {
-            this.last.store(now_ms(*this.start), Ordering::Relaxed);
+impl<S> Metered<S> {
+    fn note(last: &AtomicU64, start: Instant, counter: Option<&Counter>, n: usize) {
+        last.store(now_ms(start), Ordering::Relaxed);
+        if let Some(c) = counter {
+            c.inc_by(n as u64);
         }
-        r
     }
 }
 
-impl<S: AsyncWrite> AsyncWrite for Stamped<S> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let r = this.inner.poll_write(cx, buf);
-        if r.is_ready() {
-            this.last.store(now_ms(*this.start), Ordering::Relaxed);
-        }
-        r
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let r = this.inner.poll_write_vectored(cx, bufs);
-        if r.is_ready() {
-            this.last.store(now_ms(*this.start), Ordering::Relaxed);
-        }
-        r
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A stream that counts the bytes read from it and written to it into two counters as
-    /// they pass (one atomic add per I/O call): HTTP connections' wire bytes, headers included.
-    pub struct Tallied<S> {
-        #[pin]
-        inner: S,
-        read: prometheus_client::metrics::counter::Counter,
-        written: prometheus_client::metrics::counter::Counter,
-    }
-}
-
-impl<S> Tallied<S> {
-    pub fn new(
-        inner: S,
-        read: prometheus_client::metrics::counter::Counter,
-        written: prometheus_client::metrics::counter::Counter,
-    ) -> Self {
-        Tallied { inner, read, written }
-    }
-}
-
-impl<S: AsyncRead> AsyncRead for Tallied<S> {
+impl<S: AsyncRead> AsyncRead for Metered<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.project();
         let before = buf.filled().len();
         let r = this.inner.poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = r {
-            this.read.inc_by((buf.filled().len() - before) as u64);
+        if r.is_ready() {
+            let n = buf.filled().len() - before;
+            Self::note(this.last, *this.start, this.tally.as_ref().map(|t| &t.0), n);
         }
         r
     }
 }
 
-impl<S: AsyncWrite> AsyncWrite for Tallied<S> {
+impl<S: AsyncWrite> AsyncWrite for Metered<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.project();
         let r = this.inner.poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = r {
-            this.written.inc_by(n as u64);
+            Self::note(this.last, *this.start, this.tally.as_ref().map(|t| &t.1), n);
         }
         r
     }
@@ -309,7 +260,7 @@ impl<S: AsyncWrite> AsyncWrite for Tallied<S> {
         let this = self.project();
         let r = this.inner.poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = r {
-            this.written.inc_by(n as u64);
+            Self::note(this.last, *this.start, this.tally.as_ref().map(|t| &t.1), n);
         }
         r
     }
@@ -347,7 +298,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn idle_fires_only_after_quiet() {
-        let (mut s, activity) = stamped(tokio::io::empty());
+        let (mut s, activity) = metered(tokio::io::empty(), None);
         let mut buf = [0u8; 1];
         tokio::io::AsyncReadExt::read(&mut s, &mut buf).await.unwrap();
         let t = tokio::time::Instant::now();

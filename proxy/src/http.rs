@@ -322,7 +322,8 @@ pub async fn serve_connection<I, S, B>(
         builder = builder.http2_only();
     }
     // Wire bytes each way, headers included, counted as they pass.
-    let io = crate::guard::Tallied::new(io, metrics.bytes_received.clone(), metrics.bytes_sent.clone());
+    let tally = (metrics.bytes_received.clone(), metrics.bytes_sent.clone());
+    let (io, _) = crate::guard::metered(io, Some(tally));
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::pin!(revoke);

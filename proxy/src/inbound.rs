@@ -212,55 +212,21 @@ async fn handle(ib: Arc<Inbound>, shared: Arc<Shared>, tcp: TcpStream, src: Sock
     };
     info.peer_id = Some(peer.id.shared());
     info.peer_serial = Some(peer.serial);
-    let detect = shared.settings.load().detect_timeout;
-    match (target.protocol, conn.alpn_protocol()) {
-        (Protocol::Tcp, _) => {
-            Box::pin(serve_detected(
-                stream,
-                Detected::Opaque,
-                &ib,
-                &shared,
-                info,
-                target,
-                ctx,
-                started,
-            ))
-            .await
-        }
-        (_, Some(b"h2")) => {
-            Box::pin(serve_detected(
-                stream,
-                Detected::Http2,
-                &ib,
-                &shared,
-                info,
-                target,
-                ctx,
-                started,
-            ))
-            .await
-        }
-        (_, Some(_)) | (Protocol::Http, None) => {
-            Box::pin(serve_detected(
-                stream,
-                Detected::Http1,
-                &ib,
-                &shared,
-                info,
-                target,
-                ctx,
-                started,
-            ))
-            .await
-        }
-        (Protocol::Auto, None) => {
-            let (detected, io) = sniff::read_prefix(stream, detect).await;
-            Box::pin(serve_detected(
-                io, detected, &ib, &shared, info, target, ctx, started,
-            ))
-            .await
-        }
-    }
+    let detected = match (target.protocol, conn.alpn_protocol()) {
+        (Protocol::Tcp, _) => Some(Detected::Opaque),
+        (_, Some(b"h2")) => Some(Detected::Http2),
+        (_, Some(_)) | (Protocol::Http, None) => Some(Detected::Http1),
+        // No ALPN: look at the first decrypted bytes.
+        (Protocol::Auto, None) => None,
+    };
+    let (detected, io) = match detected {
+        Some(d) => (d, sniff::Rewind::new(bytes::Bytes::new(), stream)),
+        None => sniff::read_prefix(stream, shared.settings.load().detect_timeout).await,
+    };
+    Box::pin(serve_detected(
+        io, detected, &ib, &shared, info, target, ctx, started,
+    ))
+    .await;
 }
 
 /// Serves an identified connection as opaque TCP or HTTP.
