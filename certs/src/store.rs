@@ -122,6 +122,11 @@ impl CredentialStore {
         self.current.load().is_some()
     }
 
+    /// The generation of the current identity: it changes with every applied update.
+    pub fn generation(&self) -> u64 {
+        *self.changed.borrow()
+    }
+
     /// A receiver that sees a new generation number after every applied update.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()

@@ -8,6 +8,9 @@
 //!   a rule sees, and keeping it lets a backend that decodes it see another path;
 //! - empty segments (`//`) are merged, `.` segments dropped, `..` segments resolved, and a
 //!   path that climbs above `/` is refused;
+//! - a raw `\` or `;` is refused too: some servers read `\` as `/`, and some (Tomcat, Spring)
+//!   drop `;parameters` from a segment, so either could show the app another path than the
+//!   policy saw;
 //! - a trailing `/` is kept (`/a/` and `/a` are different resources).
 
 use std::borrow::Cow;
@@ -23,6 +26,8 @@ pub enum PathError {
     BadEscape,
     #[error("the path has an encoded '/' or '\\' (%2F, %5C)")]
     EncodedSlash,
+    #[error("the path has a '\\' or ';', which servers read in different ways")]
+    Ambiguous,
     #[error("the path climbs above the root with '..'")]
     AboveRoot,
 }
@@ -58,6 +63,9 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
     if !path.starts_with('/') {
         return Err(PathError::NotAbsolute);
     }
+    if path.contains(['\\', ';']) {
+        return Err(PathError::Ambiguous);
+    }
     if is_normal(path) {
         return Ok(Cow::Borrowed(path));
     }
@@ -81,6 +89,9 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
         let v = h << 4 | l;
         if v == b'/' || v == b'\\' {
             return Err(PathError::EncodedSlash);
+        }
+        if v == b';' {
+            return Err(PathError::Ambiguous);
         }
         if is_unreserved(v) {
             decoded.push(v as char);
@@ -153,6 +164,9 @@ mod tests {
         assert_eq!(n("/admin%5Cx"), Err(PathError::EncodedSlash));
         assert_eq!(n("/a%zz"), Err(PathError::BadEscape));
         assert_eq!(n("/a%2"), Err(PathError::BadEscape));
+        assert_eq!(n("/x/..\\admin/y"), Err(PathError::Ambiguous));
+        assert_eq!(n("/admin;x/y"), Err(PathError::Ambiguous));
+        assert_eq!(n("/admin%3bx/y"), Err(PathError::Ambiguous));
         assert_eq!(n("a/b"), Err(PathError::NotAbsolute));
         assert_eq!(n("/.").unwrap(), "/");
     }

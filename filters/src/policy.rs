@@ -108,41 +108,46 @@ pub struct RuleExplanation {
 }
 
 impl HeaderMatch {
-    fn holds(&self, headers: &dyn Headers) -> bool {
+    /// Whether the condition holds. A repeated header is ambiguous (apps read the first, the
+    /// last or all of its values): `allow` rules (`lenient == false`) need every value to
+    /// match, `deny` and `audit` rules (`lenient == true`) are satisfied by any one value.
+    fn holds(&self, headers: &dyn Headers, lenient: bool) -> bool {
         match self {
-            HeaderMatch::Exact(name, value) => headers.has_value(name, value.as_bytes()),
-            HeaderMatch::Present(name) => headers.has(name),
-            HeaderMatch::Absent(name) => !headers.has(name),
+            HeaderMatch::Exact(name, value) => {
+                let (total, equal) = headers.count(name, value.as_bytes());
+                if lenient {
+                    equal > 0
+                } else {
+                    total > 0 && equal == total
+                }
+            }
+            HeaderMatch::Present(name) => headers.count(name, b"").0 > 0,
+            HeaderMatch::Absent(name) => headers.count(name, b"").0 == 0,
         }
     }
 }
 
 /// Read access to a request's headers; names are passed lowercase.
 pub trait Headers {
-    /// Whether a header of this name is present.
-    fn has(&self, name: &str) -> bool;
-    /// Whether any value of this header equals `value` exactly.
-    fn has_value(&self, name: &str, value: &[u8]) -> bool;
+    /// How many values the header has, and how many of them equal `value` exactly.
+    fn count(&self, name: &str, value: &[u8]) -> (usize, usize);
 }
 
 /// No headers at all.
 impl Headers for () {
-    fn has(&self, _: &str) -> bool {
-        false
-    }
-    fn has_value(&self, _: &str, _: &[u8]) -> bool {
-        false
+    fn count(&self, _: &str, _: &[u8]) -> (usize, usize) {
+        (0, 0)
     }
 }
 
 /// Name/value pairs (names compared case-insensitively), for tests and tools.
 impl Headers for &[(&str, &str)] {
-    fn has(&self, name: &str) -> bool {
-        self.iter().any(|(n, _)| n.eq_ignore_ascii_case(name))
-    }
-    fn has_value(&self, name: &str, value: &[u8]) -> bool {
+    fn count(&self, name: &str, value: &[u8]) -> (usize, usize) {
         self.iter()
-            .any(|(n, v)| n.eq_ignore_ascii_case(name) && v.as_bytes() == value)
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .fold((0, 0), |(t, e), (_, v)| {
+                (t + 1, e + usize::from(v.as_bytes() == value))
+            })
     }
 }
 
@@ -207,7 +212,7 @@ impl Rule {
                 "HTTP-only rule (methods/paths/headers); not used for a connection-level decision".into()
             });
         };
-        if !(self.methods.is_empty() || self.methods.iter().any(|m| **m == *req.method)) {
+        if !self.method_matches(req.method) {
             return Some(format!(
                 "method {} is not one of {}",
                 req.method,
@@ -218,16 +223,34 @@ impl Rule {
             let paths: Vec<&str> = self.paths.iter().map(|p| p.as_str()).collect();
             return Some(format!("path {} matches none of {}", req.path, paths.join(", ")));
         }
-        if let Some(h) = self.headers.iter().find(|h| !h.holds(req.headers)) {
+        if let Some(h) = self
+            .headers
+            .iter()
+            .find(|h| !h.holds(req.headers, self.lenient()))
+        {
             return Some(format!("header condition {h} does not hold"));
         }
         None
     }
 
+    /// Deny and audit rules match ambiguous requests (a method in another case, a repeated
+    /// header); allow rules do not. An ambiguity never turns into an allow.
+    fn lenient(&self) -> bool {
+        self.action != Action::Allow
+    }
+
+    fn method_matches(&self, method: &str) -> bool {
+        self.methods.is_empty()
+            || self
+                .methods
+                .iter()
+                .any(|m| **m == *method || (self.lenient() && m.eq_ignore_ascii_case(method)))
+    }
+
     fn matches_request(&self, req: &Request<'_>) -> bool {
-        (self.methods.is_empty() || self.methods.iter().any(|m| **m == *req.method))
+        self.method_matches(req.method)
             && (self.paths.is_empty() || self.paths.iter().any(|p| p.matches(req.path)))
-            && self.headers.iter().all(|h| h.holds(req.headers))
+            && self.headers.iter().all(|h| h.holds(req.headers, self.lenient()))
     }
 }
 
@@ -276,6 +299,14 @@ impl Policy {
             return false;
         }
         self.default == DefaultAction::Allow || matching.any(|r| r.action == Action::Allow)
+    }
+
+    /// Whether an HTTP-only `deny` rule covers `peer`: traffic from it that cannot be read as
+    /// HTTP must then be refused, since those rules could not be applied to it.
+    pub fn denies_some_requests(&self, peer: Peer<'_>) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.action == Action::Deny && r.http_only() && r.matches_peer(peer))
     }
 
     /// The verdict and, for every rule in order, whether it matched and if not, why not.

@@ -485,3 +485,45 @@ fn malformed_header_conditions_are_refused() {
         assert!(e.to_string().contains("policy \"h\""), "{e}");
     }
 }
+
+#[test]
+fn ambiguous_requests_never_slip_past_a_deny_nor_win_an_allow() {
+    let spec: PolicySpec = serde_json::from_str(
+        r#"{"rules":[
+            {"name":"no-delete","action":"deny","methods":["DELETE"]},
+            {"name":"no-evil","action":"deny","headers":[{"name":"x-canary","value":"evil"}]},
+            {"name":"tenant-a","action":"allow","methods":["GET"],"headers":[{"name":"x-tenant","value":"a"}]}
+        ]}"#,
+    )
+    .unwrap();
+    let p = Policy::compile("amb", &spec).unwrap();
+    let eval = |method: &str, h: &[(&str, &str)]| {
+        let r = Request {
+            method,
+            path: "/",
+            headers: &h,
+        };
+        p.evaluate_request(FRONTEND, &r)
+    };
+    assert!(eval("GET", &[("x-tenant", "a")]).is_allowed());
+    // A method in another case still meets the deny rule ...
+    assert_eq!(
+        eval("delete", &[("x-tenant", "a")]).rule.as_deref(),
+        Some("no-delete")
+    );
+    // ... but does not meet an allow rule written in uppercase.
+    assert!(!eval("get", &[("x-tenant", "a")]).is_allowed());
+    // A repeated header: any matching value meets a deny rule ...
+    assert_eq!(
+        eval(
+            "GET",
+            &[("x-tenant", "a"), ("x-canary", "ok"), ("x-canary", "evil")]
+        )
+        .rule
+        .as_deref(),
+        Some("no-evil")
+    );
+    // ... and an allow rule needs every value to match.
+    assert!(!eval("GET", &[("x-tenant", "b"), ("x-tenant", "a")]).is_allowed());
+    assert!(eval("GET", &[("x-tenant", "a"), ("x-tenant", "a")]).is_allowed());
+}

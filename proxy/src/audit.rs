@@ -34,6 +34,9 @@ pub enum Kind {
     Access,
     /// One HTTP request: its policy decision, status, bytes and duration.
     Request,
+    /// ward could not do its part (no identity yet, an unreachable app, no original
+    /// destination, a loop): a refusal that is not a policy decision.
+    Error,
 }
 
 /// One line of the audit log. Every field is always present (null when it does not apply),
@@ -120,6 +123,11 @@ impl ConnInfo {
         r.rule = verdict.rule.clone();
         r.audit_rules = verdict.audit.clone();
         r
+    }
+
+    /// A refusal for a reason of ward's own, not of policy.
+    pub fn failed(&self, reason: String) -> Record {
+        self.record(Kind::Error, Decision::Deny, reason)
     }
 
     /// A decision not made by a policy rule (server_id checks, missing identity).

@@ -188,14 +188,16 @@ fn check(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Formats Unix seconds as RFC 3339.
+/// Formats Unix seconds as RFC 3339. Certificates may carry any date: ones outside what
+/// RFC 3339 can say (before 1970 here, after 9999) are shown as such, never a panic.
 pub fn rfc3339(unix: i64) -> String {
-    let t = if unix >= 0 {
-        UNIX_EPOCH + Duration::from_secs(unix.unsigned_abs())
-    } else {
-        UNIX_EPOCH - Duration::from_secs(unix.unsigned_abs())
-    };
-    humantime::format_rfc3339_seconds(t).to_string()
+    const MAX: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+    match unix {
+        i64::MIN..0 => format!("{unix} (before 1970)"),
+        0..=MAX => humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix.unsigned_abs()))
+            .to_string(),
+        _ => format!("{unix} (after 9999)"),
+    }
 }
 
 fn certs(cmd: CertsCommand) -> Result<(), String> {
@@ -380,4 +382,16 @@ fn explain(
         }
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn any_certificate_date_formats_without_panic() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert!(super::rfc3339(-1).contains("before 1970"));
+        assert!(super::rfc3339(i64::MIN).contains("before 1970"));
+        assert!(super::rfc3339(i64::MAX).contains("after 9999"));
+        assert_eq!(super::rfc3339(253_402_300_799), "9999-12-31T23:59:59Z");
+    }
 }

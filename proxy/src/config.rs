@@ -923,6 +923,11 @@ impl Config {
             ("connect_timeout", self.connect_timeout),
             ("idle_timeout", self.idle_timeout),
             ("request_header_timeout", self.request_header_timeout),
+            ("detect_timeout", self.detect_timeout),
+            (
+                "max_connection_lifetime",
+                self.max_connection_lifetime.unwrap_or(Duration::MAX),
+            ),
         ] {
             if d.is_zero() {
                 p.at(

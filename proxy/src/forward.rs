@@ -31,6 +31,18 @@ pub struct Settings {
     pub max_connection_lifetime: Option<Duration>,
     /// Ports ward itself listens on: traffic aimed at them is a loop and refused.
     pub own_ports: Vec<u16>,
+    /// Each inbound listener's policy name, and its per-port overrides: looked up at use, so
+    /// a reload that points a listener at another policy reaches its live connections too.
+    pub listener_policies: HashMap<String, (String, HashMap<u16, String>)>,
+}
+
+impl Settings {
+    /// The policy of an inbound listener (for an app port, when transparent), by name.
+    pub fn policy_for(&self, listener: &str, port: Option<u16>) -> Option<(&str, &Arc<Policy>)> {
+        let (default, ports) = self.listener_policies.get(listener)?;
+        let name = port.and_then(|p| ports.get(&p)).unwrap_or(default);
+        Some((name.as_str(), self.policies.get(name)?))
+    }
 }
 
 /// State every connection handler borrows.
@@ -52,9 +64,12 @@ impl Shared {
         self.settings.load_full()
     }
 
-    /// The current policy of this name.
-    pub fn policy(&self, name: &str) -> Option<Arc<Policy>> {
-        self.settings.load().policies.get(name).cloned()
+    /// The current policy of an inbound listener (for an app port, when transparent).
+    pub fn policy(&self, listener: &str, port: Option<u16>) -> Option<Arc<Policy>> {
+        self.settings
+            .load()
+            .policy_for(listener, port)
+            .map(|(_, p)| p.clone())
     }
 
     /// Writes a record to the audit log and counts it in the metrics.
@@ -65,7 +80,7 @@ impl Shared {
                 self.metrics.handshake_failed(&r.listener, r.direction, label);
             }
             Kind::Authz | Kind::Request => self.metrics.decision(&r.listener, r.rule.as_deref(), r.decision),
-            Kind::Access => {}
+            Kind::Access | Kind::Error => {}
         }
         self.audit.write(r);
     }
@@ -116,6 +131,21 @@ impl PeerChain {
     }
 }
 
+/// On a resumed TLS session the peer's chain is restored, not verified again: check it now
+/// against the current bundles and time, so an SVID that expired (or whose CA left the
+/// bundle) since the first handshake cannot ride a session ticket.
+pub fn check_resumed(conn: &rustls::CommonState, store: &CredentialStore) -> Result<(), String> {
+    if conn.handshake_kind() != Some(rustls::HandshakeKind::Resumed) {
+        return Ok(());
+    }
+    PeerChain::new(conn.peer_certificates())
+        .still_valid(store)
+        .map_err(|e| {
+            e.replacen("revoked_", "resumed_", 1)
+                .replacen("the trust bundle changed", "resumed session", 1)
+        })
+}
+
 /// Resolves with a reason once the connection must close: its peer no longer validates
 /// against the current bundles, `policy_ok` refuses it under a reloaded policy, or it reached
 /// `max_connection_lifetime`.
@@ -146,7 +176,7 @@ pub async fn connect(addr: SocketAddr, shared: &Shared, info: &ConnInfo) -> Opti
         Err(_) => format!("connect_timeout: {addr} did not answer within {timeout:?}"),
     };
     tracing::warn!(listener = %info.listener, %addr, %outcome, "cannot reach the forward address");
-    shared.record(&info.decided(Decision::Deny, None, outcome));
+    shared.record(&info.failed(outcome));
     None
 }
 

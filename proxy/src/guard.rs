@@ -167,6 +167,7 @@ pin_project_lite::pin_project! {
         last: Arc<AtomicU64>,
         start: Instant,
         tally: Option<(Counter, Counter)>,
+        bytes: Arc<[AtomicU64; 2]>,
     }
 }
 
@@ -175,9 +176,18 @@ pin_project_lite::pin_project! {
 pub struct Activity {
     last: Arc<AtomicU64>,
     start: Instant,
+    bytes: Arc<[AtomicU64; 2]>,
 }
 
 impl Activity {
+    /// Bytes read from and written to the stream so far.
+    pub fn bytes(&self) -> (u64, u64) {
+        (
+            self.bytes[0].load(Ordering::Relaxed),
+            self.bytes[1].load(Ordering::Relaxed),
+        )
+    }
+
     /// Resolves once nothing was read or written for `idle`.
     pub async fn idle_for(&self, idle: Duration) {
         let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
@@ -197,9 +207,11 @@ impl Activity {
 pub fn metered<S>(inner: S, tally: Option<(Counter, Counter)>) -> (Metered<S>, Activity) {
     let start = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
+    let bytes = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
     let activity = Activity {
         last: last.clone(),
         start,
+        bytes: bytes.clone(),
     };
     (
         Metered {
@@ -207,14 +219,16 @@ pub fn metered<S>(inner: S, tally: Option<(Counter, Counter)>) -> (Metered<S>, A
             last,
             start,
             tally,
+            bytes,
         },
         activity,
     )
 }
 
 impl<S> Metered<S> {
-    fn note(last: &AtomicU64, start: Instant, counter: Option<&Counter>, n: usize) {
+    fn note(last: &AtomicU64, start: Instant, counter: Option<&Counter>, total: &AtomicU64, n: usize) {
         last.store(now_ms(start), Ordering::Relaxed);
+        total.fetch_add(n as u64, Ordering::Relaxed);
         if let Some(c) = counter {
             c.inc_by(n as u64);
         }
@@ -228,7 +242,13 @@ impl<S: AsyncRead> AsyncRead for Metered<S> {
         let r = this.inner.poll_read(cx, buf);
         if r.is_ready() {
             let n = buf.filled().len() - before;
-            Self::note(this.last, *this.start, this.tally.as_ref().map(|t| &t.0), n);
+            Self::note(
+                this.last,
+                *this.start,
+                this.tally.as_ref().map(|t| &t.0),
+                &this.bytes[0],
+                n,
+            );
         }
         r
     }
@@ -239,7 +259,13 @@ impl<S: AsyncWrite> AsyncWrite for Metered<S> {
         let this = self.project();
         let r = this.inner.poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = r {
-            Self::note(this.last, *this.start, this.tally.as_ref().map(|t| &t.1), n);
+            Self::note(
+                this.last,
+                *this.start,
+                this.tally.as_ref().map(|t| &t.1),
+                &this.bytes[1],
+                n,
+            );
         }
         r
     }
@@ -260,7 +286,13 @@ impl<S: AsyncWrite> AsyncWrite for Metered<S> {
         let this = self.project();
         let r = this.inner.poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = r {
-            Self::note(this.last, *this.start, this.tally.as_ref().map(|t| &t.1), n);
+            Self::note(
+                this.last,
+                *this.start,
+                this.tally.as_ref().map(|t| &t.1),
+                &this.bytes[1],
+                n,
+            );
         }
         r
     }

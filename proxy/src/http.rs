@@ -122,12 +122,10 @@ pub fn cert_sha256(der: &[u8]) -> String {
 pub struct HeaderView<'a>(pub &'a HeaderMap);
 
 impl ward_filters::Headers for HeaderView<'_> {
-    fn has(&self, name: &str) -> bool {
-        self.0.contains_key(name)
-    }
-
-    fn has_value(&self, name: &str, value: &[u8]) -> bool {
-        self.0.get_all(name).iter().any(|v| v.as_bytes() == value)
+    fn count(&self, name: &str, value: &[u8]) -> (usize, usize) {
+        self.0.get_all(name).iter().fold((0, 0), |(t, e), v| {
+            (t + 1, e + usize::from(v.as_bytes() == value))
+        })
     }
 }
 
@@ -322,8 +320,14 @@ pub async fn serve_connection<I, S, B>(
         builder = builder.http2_only();
     }
     // Wire bytes each way, headers included, counted as they pass.
+    let started = Instant::now();
     let tally = (metrics.bytes_received.clone(), metrics.bytes_sent.clone());
-    let (io, _) = crate::guard::metered(io, Some(tally));
+    let (io, activity) = crate::guard::metered(io, Some(tally));
+    // The connection's access record, whichever way it ends.
+    let access = |outcome: &str| {
+        let (read, written) = activity.bytes();
+        shared.record(&info.access(outcome, Some(read), Some(written), started.elapsed()));
+    };
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::pin!(revoke);
@@ -335,8 +339,12 @@ pub async fn serve_connection<I, S, B>(
     loop {
         tokio::select! {
             served = conn.as_mut() => {
-                if let Err(e) = served {
-                    tracing::debug!(listener = %info.listener, src = %info.src, error = %e, "HTTP connection ended with an error");
+                match served {
+                    Ok(()) => access(if draining { "drained" } else { "closed" }),
+                    Err(e) => {
+                        tracing::debug!(listener = %info.listener, src = %info.src, error = %e, "HTTP connection ended with an error");
+                        access(&format!("error: {e}"));
+                    }
                 }
                 return;
             }
@@ -347,6 +355,7 @@ pub async fn serve_connection<I, S, B>(
             reason = &mut revoke => {
                 tracing::info!(listener = %info.listener, peer = info.peer_id.as_deref(), %reason, "closing a live connection");
                 shared.record(&info.decided(ward_filters::Decision::Deny, None, reason));
+                access("revoked");
                 return;
             }
         }

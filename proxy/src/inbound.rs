@@ -50,7 +50,8 @@ struct Target {
     dst: SocketAddr,
     forward: SocketAddr,
     protocol: Protocol,
-    policy: String,
+    /// The app port, for a transparent listener's per-port policy.
+    port: Option<u16>,
 }
 
 /// The first byte of every TLS connection: a handshake record.
@@ -91,7 +92,7 @@ impl Inbound {
                 dst: tcp.local_addr().map_err(|e| format!("local address: {e}"))?,
                 forward,
                 protocol: spec.protocol,
-                policy: spec.policy.clone(),
+                port: None,
             });
         }
         let dst = crate::origdst::original_dst(tcp).map_err(|e| format!("no_original_dst: {e}"))?;
@@ -106,9 +107,7 @@ impl Inbound {
             dst,
             forward: SocketAddr::new(spec.app_host, port),
             protocol: o.and_then(|o| o.protocol).unwrap_or(spec.protocol),
-            policy: o
-                .and_then(|o| o.policy.clone())
-                .unwrap_or_else(|| spec.policy.clone()),
+            port: Some(port),
         })
     }
 }
@@ -146,17 +145,13 @@ async fn handle(ib: Arc<Inbound>, shared: Arc<Shared>, tcp: TcpStream, src: Sock
     let target = match ib.target(&tcp, &shared) {
         Ok(t) => t,
         Err(reason) => {
-            shared.record(&info.decided(Decision::Deny, None, reason));
+            shared.record(&info.failed(reason));
             return;
         }
     };
     info.dst = target.dst;
     let Some(tls) = shared.store.current() else {
-        shared.record(&info.decided(
-            Decision::Deny,
-            None,
-            "no_identity: ward has no SVID loaded yet".into(),
-        ));
+        shared.record(&info.failed("no_identity: ward has no SVID loaded yet".into()));
         return;
     };
 
@@ -169,7 +164,10 @@ async fn handle(ib: Arc<Inbound>, shared: Arc<Shared>, tcp: TcpStream, src: Sock
         let detected = match target.protocol {
             Protocol::Tcp => Detected::Opaque,
             Protocol::Http => Detected::Http1,
-            Protocol::Auto => sniff::peek_tcp(&tcp, shared.settings.load().detect_timeout).await,
+            Protocol::Auto => {
+                let settings = shared.settings();
+                sniff::peek_tcp(&tcp, settings.idle_timeout, settings.detect_timeout).await
+            }
         };
         Box::pin(serve_detected(
             tcp, detected, &ib, &shared, info, target, plain, started,
@@ -199,6 +197,10 @@ async fn handle(ib: Arc<Inbound>, shared: Arc<Shared>, tcp: TcpStream, src: Sock
     };
 
     let (_, conn) = stream.get_ref();
+    if let Err(reason) = forward::check_resumed(conn, &shared.store) {
+        shared.record(&info.handshake_failed("resumed_invalid", &reason));
+        return;
+    }
     let certs = conn.peer_certificates();
     let (Some(peer), Some(leaf)) = (forward::peer_svid(certs), certs.and_then(|c| c.first())) else {
         // The verifier accepted the chain, so this cannot happen; refuse rather than guess.
@@ -221,7 +223,10 @@ async fn handle(ib: Arc<Inbound>, shared: Arc<Shared>, tcp: TcpStream, src: Sock
     };
     let (detected, io) = match detected {
         Some(d) => (d, sniff::Rewind::new(bytes::Bytes::new(), stream)),
-        None => sniff::read_prefix(stream, shared.settings.load().detect_timeout).await,
+        None => {
+            let settings = shared.settings();
+            sniff::read_prefix(stream, settings.idle_timeout, settings.detect_timeout).await
+        }
     };
     Box::pin(serve_detected(
         io, detected, &ib, &shared, info, target, ctx, started,
@@ -243,25 +248,32 @@ async fn serve_detected<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Some(policy) = shared.policy(&target.policy) else {
-        shared.record(&info.decided(
-            Decision::Deny,
-            None,
-            format!("no_policy: policy {:?} is gone", target.policy),
+    if detected == Detected::Silent {
+        shared.record(&info.access(
+            "silent: the peer sent nothing",
+            Some(0),
+            Some(0),
+            started.elapsed(),
         ));
         return;
+    }
+    let Some(policy) = shared.policy(&ib.name, target.port) else {
+        shared.record(&info.failed("no_policy: the listener has no policy now".into()));
+        return;
     };
-    // A later reload re-checks this connection against the policy of the same name.
+    // A later reload re-checks this connection against the listener's policy then.
     let recheck = {
-        let (shared, policy_name, ctx) = (shared.clone(), target.policy.clone(), ctx.clone());
+        let (shared, listener, port, ctx) = (shared.clone(), ib.name.clone(), target.port, ctx.clone());
         let http = detected != Detected::Opaque;
-        move || match shared.policy(&policy_name) {
-            None => Err(format!("revoked_policy: policy {policy_name:?} no longer exists")),
+        move || match shared.policy(&listener, port) {
+            None => Err(format!("revoked_policy: listener {listener:?} has no policy now")),
             Some(p) if http && !p.may_allow_requests(ctx.peer()) => Err(format!(
-                "revoked_policy: policy {policy_name:?} no longer admits this peer"
+                "revoked_policy: policy {:?} no longer admits this peer",
+                p.name()
             )),
             Some(p) if !http && p.evaluate_connection(ctx.peer()).decision == Decision::Deny => Err(format!(
-                "revoked_policy: policy {policy_name:?} now denies this peer"
+                "revoked_policy: policy {:?} now denies this peer",
+                p.name()
             )),
             Some(_) => Ok(()),
         }
@@ -269,6 +281,15 @@ async fn serve_detected<S>(
     let revoke = forward::revoked(shared.watch(), shared.store.clone(), ctx.chain.clone(), recheck);
 
     if detected == Detected::Opaque {
+        // Bytes that are not HTTP on a listener that expected some: the policy's HTTP-only
+        // deny rules cannot be applied to them, so a peer they cover is refused.
+        if target.protocol == Protocol::Auto && policy.denies_some_requests(ctx.peer()) {
+            let reason =
+                "not_http: the peer's bytes are not HTTP, and HTTP-only deny rules cover it".to_owned();
+            shared.record(&info.decided(Decision::Deny, None, reason));
+            let _ = io.shutdown().await;
+            return;
+        }
         let verdict = policy.evaluate_connection(ctx.peer());
         shared.record(&info.authz(&verdict));
         if verdict.decision == Decision::Deny {
@@ -346,7 +367,7 @@ async fn request(
             return Ok(pending(r).attach(h::text(StatusCode::BAD_REQUEST, "ward: bad request path\n")));
         }
     };
-    let Some(policy) = shared.policy(&target.policy) else {
+    let Some(policy) = shared.policy(&ib.name, target.port) else {
         let r = info.request(&no_policy_verdict(), &method, &path, authority.as_deref());
         return Ok(pending(r).attach(h::text(StatusCode::FORBIDDEN, "ward: access denied\n")));
     };

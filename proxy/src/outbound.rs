@@ -64,6 +64,7 @@ impl Outbound {
         spec: OutboundConfig,
         handshake_timeout: Duration,
         metrics: ListenerMetrics,
+        open: Arc<AtomicUsize>,
     ) -> Result<Outbound, String> {
         let routes = spec
             .routes
@@ -79,7 +80,7 @@ impl Outbound {
             handshake_timeout,
             routes,
             metrics: Arc::new(metrics),
-            open: Arc::new(AtomicUsize::new(0)),
+            open,
             pools: Mutex::new(HashMap::new()),
         })
     }
@@ -124,7 +125,11 @@ impl Outbound {
     }
 
     async fn pool(&self, addr: SocketAddr, server_id: &Pattern, shared: &Shared) -> Arc<PeerPool> {
+        let settings = shared.settings();
         let mut pools = self.pools.lock().await;
+        // Pools unused for the idle timeout go, and their connections with them (transparent
+        // listeners meet many destinations over a pod's life).
+        pools.retain(|_, p| p.idle_for() < settings.idle_timeout);
         pools
             .entry(addr)
             .or_insert_with(|| {
@@ -132,8 +137,9 @@ impl Outbound {
                     addr,
                     server_id.clone(),
                     shared.store.clone(),
-                    shared.settings.load().connect_timeout,
+                    settings.connect_timeout,
                     self.handshake_timeout,
+                    settings.max_connection_lifetime,
                 ))
             })
             .clone()
@@ -186,7 +192,12 @@ async fn handle(
         Ok(d) => d,
         Err((dst, reason)) => {
             info.dst = dst;
-            shared.record(&info.decided(Decision::Deny, None, reason));
+            // No route under `default: deny` is policy; the rest are ward's own failures.
+            if reason.starts_with("no_route") {
+                shared.record(&info.decided(Decision::Deny, None, reason));
+            } else {
+                shared.record(&info.failed(reason));
+            }
             let _ = app.shutdown().await;
             return;
         }
@@ -232,8 +243,20 @@ async fn handle(
             }
             Detected::Http1
         }
-        Protocol::Auto => sniff::peek_tcp(&app, shared.settings.load().detect_timeout).await,
+        Protocol::Auto => {
+            let settings = shared.settings();
+            sniff::peek_tcp(&app, settings.idle_timeout, settings.detect_timeout).await
+        }
     };
+    if detected == Detected::Silent {
+        shared.record(&info.access(
+            "silent: the app sent nothing",
+            Some(0),
+            Some(0),
+            started.elapsed(),
+        ));
+        return;
+    }
     if detected != Detected::Opaque {
         let pool = ob.pool(addr, &server_id, &shared).await;
         // Boxed: the large HTTP connection state is allocated only for connections that get
@@ -243,11 +266,7 @@ async fn handle(
     }
 
     let Some(tls) = shared.store.current() else {
-        shared.record(&info.decided(
-            Decision::Deny,
-            None,
-            "no_identity: ward has no SVID loaded yet".into(),
-        ));
+        shared.record(&info.failed("no_identity: ward has no SVID loaded yet".into()));
         return;
     };
     let Some(upstream) = forward::connect(addr, &shared, &info).await else {
@@ -270,6 +289,10 @@ async fn handle(
         }
         Ok(Ok(s)) => s,
     };
+    if let Err(reason) = forward::check_resumed(stream.get_ref().1, &shared.store) {
+        shared.record(&info.handshake_failed("resumed_invalid", &reason));
+        return;
+    }
     let certs = stream.get_ref().1.peer_certificates();
     let Some(peer) = forward::peer_svid(certs) else {
         shared.record(&info.handshake_failed("no_peer_id", "server SPIFFE ID unavailable after handshake"));

@@ -147,6 +147,10 @@ impl PeerError {
 pub struct PeerConn {
     pub send: http2::SendRequest<InBody>,
     pub peer: Arc<SvidInfo>,
+    chain: crate::forward::PeerChain,
+    /// The identity generation the chain was last validated under.
+    generation: u64,
+    born: std::time::Instant,
 }
 
 /// The multiplexed HTTP/2 connection to one peer sidecar; every request of an outbound
@@ -158,6 +162,8 @@ pub struct PeerPool {
     connect_timeout: Duration,
     handshake_timeout: Duration,
     current: Mutex<Option<PeerConn>>,
+    max_lifetime: Option<Duration>,
+    last_used: std::sync::Mutex<std::time::Instant>,
     /// The last failed connect: requests queued behind it fail fast instead of each waiting
     /// out its own connect timeout against a peer that is down.
     failed: std::sync::Mutex<Option<(std::time::Instant, Arc<String>, &'static str)>>,
@@ -182,6 +188,7 @@ impl PeerPool {
         store: Arc<CredentialStore>,
         connect_timeout: Duration,
         handshake_timeout: Duration,
+        max_lifetime: Option<Duration>,
     ) -> Self {
         PeerPool {
             addr,
@@ -190,8 +197,39 @@ impl PeerPool {
             connect_timeout,
             handshake_timeout,
             current: Mutex::new(None),
+            max_lifetime,
+            last_used: std::sync::Mutex::new(std::time::Instant::now()),
             failed: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Whether a live connection may take more requests: after an identity or bundle change
+    /// its server's chain must still validate, and it must be younger than
+    /// `max_connection_lifetime`.
+    fn still_good(&self, c: &mut PeerConn) -> bool {
+        if self.max_lifetime.is_some_and(|max| c.born.elapsed() >= max) {
+            return false;
+        }
+        let generation = self.store.generation();
+        if c.generation != generation {
+            if let Err(reason) = c.chain.still_valid(&self.store) {
+                tracing::info!(addr = %self.addr, %reason, "dropping the pooled connection to the peer");
+                return false;
+            }
+            c.generation = generation;
+        }
+        true
+    }
+
+    fn touch(&self) {
+        if let Ok(mut used) = self.last_used.lock() {
+            *used = std::time::Instant::now();
+        }
+    }
+
+    /// How long since a request last used this pool.
+    pub fn idle_for(&self) -> Duration {
+        self.last_used.lock().map(|u| u.elapsed()).unwrap_or_default()
     }
 
     fn recent_failure(&self) -> Option<PeerError> {
@@ -207,12 +245,17 @@ impl PeerPool {
     /// The live connection, or a new one. Concurrent callers wait for the same connect, so a
     /// burst of requests opens one connection, not one each.
     pub async fn get(&self) -> Result<PeerConn, PeerError> {
+        self.touch();
         let mut current = self.current.lock().await;
-        if let Some(c) = current.as_ref()
+        if let Some(c) = current.as_mut()
             && !c.send.is_closed()
+            && self.still_good(c)
         {
             return Ok(c.clone());
         }
+        // A closed, revoked or too old connection is dropped: its requests in flight finish,
+        // new ones go over a new connection.
+        *current = None;
         if let Some(e) = self.recent_failure() {
             return Err(e);
         }
@@ -265,7 +308,18 @@ impl PeerPool {
                 });
             }
         };
+        let generation = self.store.generation();
         let (_, conn) = stream.get_ref();
+        let conn_chain: Option<Vec<rustls_pki_types::CertificateDer<'static>>> = conn
+            .peer_certificates()
+            .map(|c| c.iter().map(|c| c.clone().into_owned()).collect());
+        if let Err(detail) = crate::forward::check_resumed(conn, &self.store) {
+            return Err(PeerError::Handshake {
+                addr,
+                reason: "resumed_invalid",
+                detail,
+            });
+        }
         let peer = peer_svid(conn.peer_certificates()).ok_or(PeerError::Handshake {
             addr,
             reason: "no_peer_id",
@@ -297,6 +351,9 @@ impl PeerPool {
         Ok(PeerConn {
             send,
             peer: Arc::new(peer),
+            chain: crate::forward::PeerChain::new(conn_chain.as_deref()),
+            generation,
+            born: std::time::Instant::now(),
         })
     }
 }

@@ -62,6 +62,9 @@ impl Spec {
 
 struct ListenerHandle {
     spec: Spec,
+    /// Open connections, counted against `max_connections`; kept across a restart by reload
+    /// so connections from before it still count.
+    open: Arc<std::sync::atomic::AtomicUsize>,
     addr: SocketAddr,
     socket: Arc<TcpListener>,
     stop: watch::Sender<bool>,
@@ -156,8 +159,22 @@ fn compile(config: &Config) -> Result<Settings, StartError> {
         .chain(config.admin.iter().map(|a| a.value.listen.port()))
         .filter(|p| *p != 0)
         .collect();
+    let listener_policies = config
+        .inbound
+        .iter()
+        .map(|l| {
+            let ports = l
+                .value
+                .ports
+                .iter()
+                .filter_map(|(port, o)| Some((*port, o.policy.clone()?)))
+                .collect();
+            (l.value.name.clone(), (l.value.policy.clone(), ports))
+        })
+        .collect();
     Ok(Settings {
         policies,
+        listener_policies,
         connect_timeout: config.connect_timeout,
         detect_timeout: config.detect_timeout,
         idle_timeout: config.idle_timeout,
@@ -192,6 +209,7 @@ fn launch(
     name: &str,
     spec: Spec,
     socket: Arc<TcpListener>,
+    open: Arc<std::sync::atomic::AtomicUsize>,
     shared: &Arc<Shared>,
 ) -> Result<ListenerHandle, StartError> {
     let addr = socket.local_addr().unwrap_or(spec.listen());
@@ -206,7 +224,7 @@ fn launch(
                     .forward
                     .map(|f| AppClient::new(f, shared.settings.load().connect_timeout)),
                 metrics: Arc::new(shared.metrics.listener(name, Direction::Inbound)),
-                open: Arc::default(),
+                open: open.clone(),
             });
             tokio::spawn(inbound::serve(socket.clone(), ib, shared.clone(), stop_rx))
         }
@@ -216,6 +234,7 @@ fn launch(
                 c.clone(),
                 *ht,
                 shared.metrics.listener(name, Direction::Outbound),
+                open.clone(),
             )
             .map_err(|e| StartError::Config(format!("outbound {name:?}: {e}")))?;
             tokio::spawn(outbound::serve(
@@ -229,6 +248,7 @@ fn launch(
     tracing::info!(listener = %name, %addr, "listening");
     Ok(ListenerHandle {
         spec,
+        open,
         addr,
         socket,
         stop,
@@ -326,7 +346,10 @@ pub async fn start(config: &Config, audit: AuditLog) -> Result<Running, StartErr
     let mut listeners = HashMap::new();
     for (name, spec) in specs(config) {
         let socket = Arc::new(bind(&name, spec.listen()).await?);
-        listeners.insert(name.clone(), launch(&name, spec, socket, &shared)?);
+        listeners.insert(
+            name.clone(),
+            launch(&name, spec, socket, Arc::default(), &shared)?,
+        );
     }
     let _ = listening_tx.send(true);
     background.push(tokio::spawn(async move {
@@ -382,6 +405,21 @@ impl Running {
     /// bind; removed ones stop accepting. Refused whole when anything fails; live connections
     /// are then re-checked against the new policies.
     pub async fn apply(&self, config: &Config) -> Result<(), StartError> {
+        // What a reload cannot change: the identity source, the admin server and the logs are
+        // set up once. Refusing says so, instead of showing a config in /config that is not
+        // the one running.
+        let new = effective_json(config);
+        let running = self.config_json.load();
+        let fixed: Vec<&str> = ["identity", "admin", "log"]
+            .into_iter()
+            .filter(|k| new.get(*k) != running.get(*k))
+            .collect();
+        if !fixed.is_empty() {
+            return Err(StartError::Config(format!(
+                "{} changed; these take effect only when ward restarts (nothing was applied)",
+                fixed.join(", ")
+            )));
+        }
         let settings = compile(config)?;
         let mut current = self.listeners.lock().await;
         let wanted = specs(config);
@@ -417,15 +455,19 @@ impl Running {
         });
         for (name, spec) in wanted {
             if let Some(socket) = sockets.remove(&name) {
-                if let Some(old) = current.remove(&name) {
-                    let _ = old.stop.send(true);
-                    tracing::info!(listener = %name, "listener restarted by reload");
-                }
-                let handle = launch(&name, spec, socket, &self.shared)?;
+                let open = match current.remove(&name) {
+                    Some(old) => {
+                        let _ = old.stop.send(true);
+                        tracing::info!(listener = %name, "listener restarted by reload");
+                        old.open
+                    }
+                    None => Arc::default(),
+                };
+                let handle = launch(&name, spec, socket, open, &self.shared)?;
                 current.insert(name, handle);
             }
         }
-        self.config_json.store(Arc::new(effective_json(config)));
+        self.config_json.store(Arc::new(new));
         self.shared.policy_gen.send_modify(|g| *g += 1);
         Ok(())
     }

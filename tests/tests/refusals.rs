@@ -216,3 +216,68 @@ fn federated_ca_cannot_mint_our_ids_but_its_own_ids_are_admitted() {
     );
     inbound.assert_no_panic();
 }
+
+/// TLS 1.3 resumption restores the peer's chain without verifying it again: ward checks it
+/// anew, so a session saved while the SVID was valid cannot carry it past its expiry.
+#[test]
+fn a_resumed_session_cannot_carry_an_expired_svid() {
+    let s = setup();
+    let short = s.pki.sign(
+        "short-frontend",
+        FRONTEND,
+        time::Duration::minutes(-1),
+        time::Duration::seconds(3),
+    );
+    let session = s.pki.dir.path().join("session.pem");
+    let openssl = require_tool("openssl");
+    let run = |extra: &[&std::ffi::OsStr], msg: &str| {
+        let mut child = std::process::Command::new(&openssl)
+            .args([
+                "s_client",
+                "-connect",
+                &format!("127.0.0.1:{}", s.port),
+                "-quiet",
+                "-CAfile",
+            ])
+            .arg(s.pki.bundle_path())
+            .arg("-cert")
+            .arg(&short.cert)
+            .arg("-key")
+            .arg(&short.key)
+            .args(extra)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(msg.as_bytes()).unwrap();
+        // Stay a moment so the session ticket and the echo arrive, then hang up.
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = run(&["-sess_out".as_ref(), session.as_os_str()], "while valid\n");
+    assert!(
+        first.contains("while valid"),
+        "the first connection was not echoed: {first:?}"
+    );
+    assert!(session.is_file(), "openssl saved no session");
+    // Past the SVID's expiry, offer the saved session.
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let second = run(&["-sess_in".as_ref(), session.as_os_str()], "after expiry\n");
+    assert!(
+        !second.contains("after expiry"),
+        "an expired SVID was admitted on a resumed session"
+    );
+    let r = s.inbound.wait_record("the refused resumption", |r| {
+        r["kind"] == "handshake" && r["decision"] == "deny"
+    });
+    let reason = r["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("resumed_invalid") || reason.starts_with("expired"),
+        "{r}"
+    );
+    s.inbound.assert_no_panic();
+}
