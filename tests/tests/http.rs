@@ -1152,3 +1152,63 @@ fn protocol_auto_gets_l7_policy_and_opaque_bytes_fall_back_to_tcp() {
         w.assert_no_panic();
     }
 }
+
+/// Regression: on an auto listener, a request that waits past the detection timeout, or is
+/// spelled in lowercase, is still HTTP to ward; neither can slip past the HTTP rules (or
+/// forge the identity header) by being taken for opaque bytes.
+#[test]
+fn a_slow_or_lowercase_request_on_an_auto_listener_still_meets_the_http_rules() {
+    let ids = ids();
+    let app = HttpApp::spawn();
+    let rules = format!(
+        "{}      - {{name: no-admin, action: deny, paths: [\"/admin/**\"]}}\n      - {{name: no-delete, action: deny, methods: [DELETE]}}\n",
+        allow_frontend()
+    );
+    let pair = start_pair(
+        &ids,
+        &[Route {
+            protocol: ("auto", "auto"),
+            ..Route::http("web", app.addr, &rules)
+        }],
+    );
+    let web_in = pair.in_ports[0];
+    let cert = ids.frontend.cert.to_str().unwrap();
+    let key = ids.frontend.key.to_str().unwrap();
+    for (delay, req) in [
+        (
+            1200,
+            "GET /admin/x HTTP/1.1\r\nHost: a\r\nX-Forwarded-Client-Cert: By=evil;URI=spiffe://example.org/ns/prod/sa/admin\r\nConnection: close\r\n\r\n",
+        ),
+        (0, "delete /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"),
+    ] {
+        let mut child = Command::new(require_tool("openssl"))
+            .args([
+                "s_client",
+                "-quiet",
+                "-ign_eof",
+                "-connect",
+                &format!("127.0.0.1:{web_in}"),
+            ])
+            .args(["-cert", cert, "-key", key])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        // Longer than detect_timeout (500ms): the old detection called this opaque.
+        std::thread::sleep(Duration::from_millis(delay));
+        use std::io::Write as _;
+        stdin.write_all(req.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.starts_with("HTTP/1.1 403") || text.starts_with("HTTP/1.1 400"),
+            "delay {delay}ms, {req:?}: {text}"
+        );
+    }
+    assert!(app.seen().is_empty(), "the app saw {:?}", app.seen());
+    pair.inbound.assert_no_panic();
+}
