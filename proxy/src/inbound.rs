@@ -393,12 +393,9 @@ async fn request(
     h::strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(&h::XFCC);
     if let (true, Some(id), Some(hash)) = (ib.spec.xfcc, &ctx.id, &ctx.leaf_sha256) {
-        let by = shared
-            .store
-            .current()
-            .map(|t| t.identity.id().to_string())
-            .unwrap_or_default();
-        if let Some(v) = h::xfcc_value(&by, hash, id.as_str()) {
+        let tls = shared.store.current();
+        let by = tls.as_ref().map_or("", |t| t.identity.id().as_str());
+        if let Some(v) = h::xfcc_value(by, hash, id.as_str()) {
             parts.headers.insert(h::XFCC.clone(), v);
         }
     }

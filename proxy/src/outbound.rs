@@ -38,22 +38,29 @@ pub struct Outbound {
     pub name: Arc<str>,
     pub spec: OutboundConfig,
     pub handshake_timeout: Duration,
-    pub routes: Vec<Route>,
+    /// Explicit listeners: the one destination and what it must prove.
+    explicit: Option<(SocketAddr, Arc<Expect>)>,
+    /// Transparent listeners: what each route's destinations must prove.
+    routes: Vec<(Route, Arc<Expect>)>,
     pub metrics: Arc<ListenerMetrics>,
     pub open: Arc<AtomicUsize>,
     /// One HTTP/2 connection per destination, shared by every request to it.
     pools: Mutex<HashMap<SocketAddr, Arc<PeerPool>>>,
 }
 
+/// The identity a destination must prove, compiled once per listener, and how records name
+/// the check.
+#[derive(Debug)]
+struct Expect {
+    server_id: Pattern,
+    rule: Arc<str>,
+}
+
 /// Where a connection goes.
 #[derive(Debug, Clone)]
 enum Dest {
-    /// mTLS to `addr`, whose server must prove an ID matching `server_id`.
-    Mesh {
-        addr: SocketAddr,
-        server_id: Pattern,
-        rule: Arc<str>,
-    },
+    /// mTLS to `addr`, whose server must prove what `expect` says.
+    Mesh { addr: SocketAddr, expect: Arc<Expect> },
     /// Plain TCP to a destination outside the mesh (`default: passthrough`).
     Passthrough(SocketAddr),
 }
@@ -69,15 +76,29 @@ impl Outbound {
         let routes = spec
             .routes
             .iter()
-            .map(Route::parse)
-            .collect::<Result<Vec<_>, _>>()?;
-        if let Some(id) = &spec.server_id {
-            Pattern::parse_spiffe(id).map_err(|e| format!("server_id: {e}"))?;
-        }
+            .map(|r| {
+                let route = Route::parse(r)?;
+                let expect = Expect {
+                    rule: Arc::from(format!("route {} -> {}", route.net, route.server_id.as_str())),
+                    server_id: route.server_id.clone(),
+                };
+                Ok((route, Arc::new(expect)))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let explicit = match (spec.transparent, spec.forward, &spec.server_id) {
+            (false, Some(addr), Some(id)) => {
+                let server_id = Pattern::parse_spiffe(id).map_err(|e| format!("server_id: {e}"))?;
+                let rule = Arc::from(format!("server_id {id}"));
+                Some((addr, Arc::new(Expect { server_id, rule })))
+            }
+            (false, _, _) => return Err("an explicit outbound needs forward and server_id".into()),
+            (true, _, _) => None,
+        };
         Ok(Outbound {
             name: Arc::from(name),
             spec,
             handshake_timeout,
+            explicit,
             routes,
             metrics: Arc::new(metrics),
             open,
@@ -87,16 +108,10 @@ impl Outbound {
 
     /// Where this connection goes, or why it may not.
     fn dest(&self, tcp: &TcpStream, shared: &Shared) -> Result<Dest, (SocketAddr, String)> {
-        if !self.spec.transparent {
-            let (Some(addr), Some(id)) = (self.spec.forward, &self.spec.server_id) else {
-                let here = tcp.local_addr().unwrap_or(([0, 0, 0, 0], 0).into());
-                return Err((here, "config: explicit outbound without forward/server_id".into()));
-            };
-            let server_id = Pattern::parse_spiffe(id).map_err(|e| (addr, e.to_string()))?;
+        if let Some((addr, expect)) = &self.explicit {
             return Ok(Dest::Mesh {
-                addr,
-                server_id,
-                rule: Arc::from(format!("server_id {id}")),
+                addr: *addr,
+                expect: expect.clone(),
             });
         }
         let dst = crate::origdst::original_dst(tcp).map_err(|e| {
@@ -108,11 +123,10 @@ impl Outbound {
         {
             return Err((dst, format!("loop: {dst} is one of ward's own listeners")));
         }
-        if let Some(route) = self.routes.iter().find(|r| r.covers(dst)) {
+        if let Some((_, expect)) = self.routes.iter().find(|(r, _)| r.covers(dst)) {
             return Ok(Dest::Mesh {
                 addr: dst,
-                server_id: route.server_id.clone(),
-                rule: Arc::from(format!("route {} -> {}", route.net, route.server_id.as_str())),
+                expect: expect.clone(),
             });
         }
         match self.spec.default {
@@ -202,7 +216,7 @@ async fn handle(
             return;
         }
     };
-    let (addr, server_id, rule) = match dest {
+    let (addr, expect) = match dest {
         Dest::Passthrough(dst) => {
             info.dst = dst;
             shared.record(&info.decided(
@@ -224,11 +238,7 @@ async fn handle(
             }
             return;
         }
-        Dest::Mesh {
-            addr,
-            server_id,
-            rule,
-        } => (addr, server_id, rule),
+        Dest::Mesh { addr, expect } => (addr, expect),
     };
     info.dst = addr;
     let protocol = ob.spec.protocol;
@@ -258,10 +268,19 @@ async fn handle(
         return;
     }
     if detected != Detected::Opaque {
-        let pool = ob.pool(addr, &server_id, &shared).await;
+        let pool = ob.pool(addr, &expect.server_id, &shared).await;
         // Boxed: the large HTTP connection state is allocated only for connections that get
         // this far, not carried by every task from its start.
-        Box::pin(serve_http(app, detected, &ob, &shared, info, pool, rule)).await;
+        Box::pin(serve_http(
+            app,
+            detected,
+            &ob,
+            &shared,
+            info,
+            pool,
+            expect.rule.clone(),
+        ))
+        .await;
         return;
     }
 
@@ -301,18 +320,22 @@ async fn handle(
     let chain = PeerChain::new(certs);
     info.peer_id = Some(peer.id.shared());
     info.peer_serial = Some(peer.serial);
-    if !server_id.matches(peer.id.as_str()) {
+    if !expect.server_id.matches(peer.id.as_str()) {
         let reason = format!(
             "server_id_mismatch: the server presented {} but this listener requires {}",
             peer.id,
-            server_id.as_str()
+            expect.server_id.as_str()
         );
-        shared.record(&info.decided(Decision::Deny, Some(rule), reason));
+        shared.record(&info.decided(Decision::Deny, Some(expect.rule.clone()), reason));
         let _ = stream.shutdown().await;
         let _ = app.shutdown().await;
         return;
     }
-    shared.record(&info.decided(Decision::Allow, Some(rule), "server_id_match".into()));
+    shared.record(&info.decided(
+        Decision::Allow,
+        Some(expect.rule.clone()),
+        "server_id_match".into(),
+    ));
     let revoke = forward::revoked(shared.watch(), shared.store.clone(), Some(chain), || Ok(()));
     forward::pipe(app, stream, &shared, &info, &ob.metrics, started, revoke).await;
 }

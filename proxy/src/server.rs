@@ -387,19 +387,6 @@ impl Running {
         self.listeners.try_lock().ok()?.get(name).map(|l| l.addr)
     }
 
-    /// Every listener's name and bound address.
-    pub async fn listeners(&self) -> Vec<(String, SocketAddr)> {
-        let mut v: Vec<_> = self
-            .listeners
-            .lock()
-            .await
-            .iter()
-            .map(|(n, l)| (n.clone(), l.addr))
-            .collect();
-        v.sort();
-        v
-    }
-
     /// Applies a new, checked config: policies and settings swap atomically; listeners whose
     /// spec changed restart (keeping their socket when the address is the same); new ones
     /// bind; removed ones stop accepting. Refused whole when anything fails; live connections
