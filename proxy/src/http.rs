@@ -19,6 +19,7 @@ use hyper::body::Incoming;
 use std::future::Future;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::audit::{ConnInfo, Record};
@@ -287,12 +288,38 @@ impl Body for Logged {
 /// hyper services never fail: every error becomes a response.
 pub type ServiceResult = Result<Response<Logged>, Infallible>;
 
-/// Serves one HTTP connection (HTTP/1.1 or HTTP/2, or HTTP/2 only) until it ends. On drain,
-/// in-flight requests finish and the connection closes (`Connection: close` / GOAWAY); when
-/// `revoke` resolves, the connection is closed at once with an audit record.
+/// Which HTTP a connection speaks, when it is known before the first request is parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// HTTP/1.1 (ALPN said so, or the first bytes cannot be the HTTP/2 preface).
+    H1,
+    /// HTTP/2: ALPN `h2`, or the prior-knowledge preface was seen.
+    H2,
+    /// Either: hyper reads the preface to decide.
+    Either,
+}
+
+impl From<crate::sniff::Detected> for Version {
+    fn from(d: crate::sniff::Detected) -> Version {
+        use crate::sniff::Detected;
+        match d {
+            Detected::Http1 => Version::H1,
+            Detected::Http2 => Version::H2,
+            Detected::Http | Detected::Opaque | Detected::Silent => Version::Either,
+        }
+    }
+}
+
+/// Serves one HTTP connection until it ends. On drain, in-flight requests finish and the
+/// connection closes (`Connection: close` / GOAWAY); when `revoke` resolves, the connection is
+/// closed at once with an audit record.
+///
+/// A connection whose version is known gets hyper's HTTP/1 or HTTP/2 server alone: no
+/// version probe in front of every read, and an HTTP/1 connection's state carries no HTTP/2
+/// machinery (smaller per idle keep-alive connection).
 pub async fn serve_connection<I, S, B>(
     io: I,
-    h2_only: bool,
+    version: Version,
     service: S,
     shared: &Shared,
     info: &ConnInfo,
@@ -307,56 +334,99 @@ pub async fn serve_connection<I, S, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let settings = shared.settings();
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.request_header_timeout);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(std::time::Duration::from_secs(30));
-    if h2_only {
-        builder = builder.http2_only();
-    }
     // Wire bytes each way, headers included, counted as they pass.
     let started = Instant::now();
     let tally = (metrics.bytes_received.clone(), metrics.bytes_sent.clone());
     let (io, activity) = crate::guard::metered(io, Some(tally));
-    // The connection's access record, whichever way it ends.
-    let access = |outcome: &str| {
-        let (read, written) = activity.bytes();
-        shared.record(&info.access(outcome, Some(read), Some(written), started.elapsed()));
+    let io = TokioIo::new(io);
+    let ctx = Drive {
+        shared,
+        info,
+        activity: &activity,
+        started,
     };
-    let conn = builder.serve_connection(TokioIo::new(io), service);
-    tokio::pin!(conn);
-    tokio::pin!(revoke);
-    let mut drain = shared.draining.subscribe();
-    let mut draining = *drain.borrow_and_update();
-    if draining {
-        conn.as_mut().graceful_shutdown();
+    match version {
+        Version::H1 => {
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(TokioTimer::new())
+                .header_read_timeout(settings.request_header_timeout);
+            ctx.drive(b.serve_connection(io, service), revoke).await;
+        }
+        Version::H2 => {
+            let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            b.timer(TokioTimer::new()).keep_alive_interval(H2_KEEPALIVE);
+            ctx.drive(b.serve_connection(io, service), revoke).await;
+        }
+        Version::Either => {
+            let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            b.http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(settings.request_header_timeout);
+            b.http2()
+                .timer(TokioTimer::new())
+                .keep_alive_interval(H2_KEEPALIVE);
+            ctx.drive(b.serve_connection(io, service), revoke).await;
+        }
     }
-    loop {
-        tokio::select! {
-            served = conn.as_mut() => {
-                match served {
-                    Ok(()) => access(if draining { "drained" } else { "closed" }),
-                    Err(e) => {
-                        tracing::debug!(listener = %info.listener, src = %info.src, error = %e, "HTTP connection ended with an error");
-                        access(&format!("error: {e}"));
+}
+
+/// HTTP/2 PINGs on an idle client connection, so a dead peer is noticed.
+const H2_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What driving a served connection needs for its records.
+struct Drive<'a> {
+    shared: &'a Shared,
+    info: &'a ConnInfo,
+    activity: &'a crate::guard::Activity,
+    started: Instant,
+}
+
+impl Drive<'_> {
+    /// The connection's access record, whichever way it ends.
+    fn access(&self, outcome: &str) {
+        let (read, written) = self.activity.bytes();
+        self.shared.record(
+            &self
+                .info
+                .access(outcome, Some(read), Some(written), self.started.elapsed()),
+        );
+    }
+
+    async fn drive<C>(&self, conn: C, revoke: impl Future<Output = String>)
+    where
+        C: GracefulConnection,
+        C::Error: std::fmt::Display,
+    {
+        let (shared, info) = (self.shared, self.info);
+        tokio::pin!(conn);
+        tokio::pin!(revoke);
+        let mut drain = shared.draining.subscribe();
+        let mut draining = *drain.borrow_and_update();
+        if draining {
+            conn.as_mut().graceful_shutdown();
+        }
+        loop {
+            tokio::select! {
+                served = conn.as_mut() => {
+                    match served {
+                        Ok(()) => self.access(if draining { "drained" } else { "closed" }),
+                        Err(e) => {
+                            tracing::debug!(listener = %info.listener, src = %info.src, error = %e, "HTTP connection ended with an error");
+                            self.access(&format!("error: {e}"));
+                        }
                     }
+                    return;
                 }
-                return;
-            }
-            _ = drain.changed(), if !draining => {
-                draining = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            reason = &mut revoke => {
-                tracing::info!(listener = %info.listener, peer = info.peer_id.as_deref(), %reason, "closing a live connection");
-                shared.record(&info.decided(ward_filters::Decision::Deny, None, reason));
-                access("revoked");
-                return;
+                _ = drain.changed(), if !draining => {
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                reason = &mut revoke => {
+                    tracing::info!(listener = %info.listener, peer = info.peer_id.as_deref(), %reason, "closing a live connection");
+                    shared.record(&info.decided(ward_filters::Decision::Deny, None, reason));
+                    self.access("revoked");
+                    return;
+                }
             }
         }
     }

@@ -163,7 +163,7 @@ async fn handle(ib: Arc<Inbound>, shared: Arc<Shared>, tcp: TcpStream, src: Sock
         };
         let detected = match target.protocol {
             Protocol::Tcp => Detected::Opaque,
-            Protocol::Http => Detected::Http1,
+            Protocol::Http => sniff::peek_http(&tcp).await,
             Protocol::Auto => {
                 let settings = shared.settings();
                 sniff::peek_tcp(&tcp, settings.idle_timeout, settings.detect_timeout).await
@@ -217,7 +217,9 @@ async fn handle(ib: Arc<Inbound>, shared: Arc<Shared>, tcp: TcpStream, src: Sock
     let detected = match (target.protocol, conn.alpn_protocol()) {
         (Protocol::Tcp, _) => Some(Detected::Opaque),
         (_, Some(b"h2")) => Some(Detected::Http2),
-        (_, Some(_)) | (Protocol::Http, None) => Some(Detected::Http1),
+        (_, Some(_)) => Some(Detected::Http1),
+        // An HTTP listener and no ALPN: hyper tells the versions apart.
+        (Protocol::Http, None) => Some(Detected::Http),
         // No ALPN: look at the first decrypted bytes.
         (Protocol::Auto, None) => None,
     };
@@ -330,7 +332,7 @@ async fn serve_detected<S>(
     };
     h::serve_connection(
         io,
-        detected == Detected::Http2,
+        h::Version::from(detected),
         service,
         shared,
         &info,

@@ -251,7 +251,7 @@ async fn handle(
             if !matches!(tokio::time::timeout(idle, app.readable()).await, Ok(Ok(()))) {
                 return;
             }
-            Detected::Http1
+            sniff::peek_http(&app).await
         }
         Protocol::Auto => {
             let settings = shared.settings();
@@ -367,7 +367,7 @@ async fn serve_http(
     let revoke = forward::revoked(shared.watch(), shared.store.clone(), None, || Ok(()));
     h::serve_connection(
         app,
-        detected == Detected::Http2,
+        h::Version::from(detected),
         service,
         shared,
         &info,

@@ -22,6 +22,9 @@ use tokio::net::TcpStream;
 pub enum Detected {
     Http1,
     Http2,
+    /// HTTP, but the bytes so far could still be the start of the HTTP/2 preface: hyper
+    /// reads on to decide.
+    Http,
     Opaque,
     /// Nothing arrived before the wait for a first byte ran out (or the peer closed).
     Silent,
@@ -53,7 +56,11 @@ pub fn classify(prefix: &[u8]) -> Option<Detected> {
     }
     for (i, &b) in prefix.iter().enumerate() {
         if b == b' ' {
-            return Some(if i > 0 { Detected::Http1 } else { Detected::Opaque });
+            return Some(if i > 0 {
+                http1_unless_preface(prefix)
+            } else {
+                Detected::Opaque
+            });
         }
         if !is_tchar(b) {
             return Some(Detected::Opaque);
@@ -66,12 +73,36 @@ pub fn classify(prefix: &[u8]) -> Option<Detected> {
     }
 }
 
+/// HTTP/1 unless the bytes so far could still be the HTTP/2 preface.
+fn http1_unless_preface(prefix: &[u8]) -> Detected {
+    let n = prefix.len().min(H2_PREFACE.len());
+    if prefix[..n] == H2_PREFACE[..n] {
+        Detected::Http
+    } else {
+        Detected::Http1
+    }
+}
+
 /// What an undecided prefix is taken for when time runs out: a token so far, so HTTP.
 fn undecided(prefix: &[u8]) -> Detected {
     if prefix.is_empty() {
         Detected::Silent
     } else {
-        classify(prefix).unwrap_or(Detected::Http1)
+        classify(prefix).unwrap_or_else(|| http1_unless_preface(prefix))
+    }
+}
+
+/// On a listener that speaks HTTP: which version, from what the client has already sent (no
+/// waiting for more). Call once the socket is readable; anything unclear is left to hyper.
+pub async fn peek_http(tcp: &TcpStream) -> Detected {
+    let mut buf = [0u8; PEEK];
+    let n = tcp.peek(&mut buf).await.unwrap_or(0);
+    match classify(&buf[..n]) {
+        Some(d @ (Detected::Http1 | Detected::Http2 | Detected::Http)) => d,
+        // Not HTTP at all: hyper's HTTP/1 parser answers 400.
+        Some(_) => Detected::Http1,
+        None if n == 0 => Detected::Http,
+        None => http1_unless_preface(&buf[..n]),
     }
 }
 
@@ -211,9 +242,11 @@ mod tests {
         );
         assert_eq!(
             classify(b"PRI * HTTP/2"),
-            Some(Detected::Http1),
+            Some(Detected::Http),
             "hyper decides the rest"
         );
+        assert_eq!(classify(b"PRIX /a"), Some(Detected::Http1));
+        assert_eq!(undecided(b"PR"), Detected::Http, "could be the preface");
         assert_eq!(classify(b"\x16\x03\x01"), Some(Detected::Opaque));
         assert_eq!(classify(b"SSH-2.0-OpenSSH\r\n"), Some(Detected::Opaque));
         assert_eq!(classify(b" GET"), Some(Detected::Opaque));
