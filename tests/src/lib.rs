@@ -250,6 +250,11 @@ impl Ward {
     /// Writes `body` (identity, listeners, policies) plus a JSON audit log section to a config,
     /// starts `ward run -c` on it and waits until every port in `ports` is listening.
     pub fn start(body: &str, ports: &[u16]) -> Ward {
+        Ward::start_with(body, ports, &[])
+    }
+
+    /// [`Ward::start`] with more `ward run` arguments (`--workers 1`).
+    pub fn start_with(body: &str, ports: &[u16], args: &[&str]) -> Ward {
         let dir = tempfile::Builder::new()
             .prefix("ward-e2e-run-")
             .tempdir()
@@ -263,6 +268,7 @@ impl Ward {
             .arg("run")
             .arg("-c")
             .arg(&config)
+            .args(args)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout).expect("stdout file"))
@@ -1061,6 +1067,11 @@ pub struct Pair {
 }
 
 pub fn start_pair(ids: &Ids, routes: &[Route<'_>]) -> Pair {
+    start_pair_with(ids, routes, &[])
+}
+
+/// [`start_pair`] with more `ward run` arguments for both wards.
+pub fn start_pair_with(ids: &Ids, routes: &[Route<'_>], args: &[&str]) -> Pair {
     let in_ports: Vec<u16> = routes.iter().map(|_| free_port()).collect();
     let out_ports: Vec<u16> = routes.iter().map(|_| free_port()).collect();
     let mut body = identity_yaml(&ids.backend, &[]);
@@ -1078,7 +1089,7 @@ pub fn start_pair(ids: &Ids, routes: &[Route<'_>]) -> Pair {
             r.name, r.rules
         ));
     }
-    let inbound = Ward::start(&body, &in_ports);
+    let inbound = Ward::start_with(&body, &in_ports, args);
 
     let mut body = identity_yaml(&ids.frontend, &[]);
     body.push_str("outbound:\n");
@@ -1088,7 +1099,7 @@ pub fn start_pair(ids: &Ids, routes: &[Route<'_>]) -> Pair {
             r.name, r.protocol.1
         ));
     }
-    let outbound = Ward::start(&body, &out_ports);
+    let outbound = Ward::start_with(&body, &out_ports, args);
     Pair {
         inbound,
         outbound,

@@ -1212,3 +1212,74 @@ fn a_slow_or_lowercase_request_on_an_auto_listener_still_meets_the_http_rules() 
     assert!(app.seen().is_empty(), "the app saw {:?}", app.seen());
     pair.inbound.assert_no_panic();
 }
+
+/// An h2c client whose preface arrives in two pieces, the first of which could still start an
+/// HTTP/1 request (`PRI * HTTP/2`): the outbound must not settle on HTTP/1 early but wait for
+/// the rest and answer with its own HTTP/2 SETTINGS; a plain HTTP/1 request on the same
+/// listener still gets HTTP/1.
+#[test]
+fn a_split_h2c_preface_still_gets_http2() {
+    use std::io::{Read, Write};
+    let ids = ids();
+    let app = HttpApp::spawn();
+    let rules = allow_frontend();
+    let pair = start_pair(&ids, &[Route::http("backend", app.addr, &rules)]);
+    let out = pair.out_ports[0];
+
+    let mut tcp = std::net::TcpStream::connect(local(out)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    tcp.write_all(b"PRI * HTTP/2").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    // The rest of the preface, then an empty SETTINGS frame.
+    tcp.write_all(b".0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
+    let mut head = [0u8; 9];
+    tcp.read_exact(&mut head)
+        .unwrap_or_else(|e| panic!("no HTTP/2 frame back ({e}); stderr:\n{}", pair.outbound.stderr()));
+    assert_eq!(
+        head[3], 0x4,
+        "the server's first frame is SETTINGS, not {head:?} (an HTTP/1 answer starts 'HTTP/1.1')"
+    );
+
+    let got = curl(&["--http1.1", &format!("http://127.0.0.1:{out}/echo/h1")]);
+    assert_eq!((got.status, got.version.as_str()), (200, "1.1"), "{got:?}");
+    pair.outbound.assert_no_panic();
+}
+
+/// `--workers 1` runs each ward on tokio's single-threaded scheduler: both hops, the pooled
+/// HTTP/2 link and the app pool still serve many concurrent HTTP/1.1 and h2c requests.
+#[test]
+fn one_worker_serves_concurrent_requests_on_both_hops() {
+    let ids = ids();
+    let app = HttpApp::spawn();
+    let rules = allow_frontend();
+    let pair = start_pair_with(
+        &ids,
+        &[Route::http("backend", app.addr, &rules)],
+        &["--workers", "1"],
+    );
+    let out = pair.out_ports[0];
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let version = if i % 2 == 0 {
+                    "--http1.1"
+                } else {
+                    "--http2-prior-knowledge"
+                };
+                for j in 0..5 {
+                    let got = curl(&[version, &format!("http://127.0.0.1:{out}/echo/{i}/{j}")]);
+                    assert_eq!(got.status, 200, "{got:?}");
+                    assert_eq!(got.echo()["target"], format!("/echo/{i}/{j}"), "{got:?}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("a client thread failed");
+    }
+    assert_eq!(app.count(), 40);
+    assert_eq!(requests(&pair.inbound, 40).len(), 40);
+    pair.inbound.assert_no_panic();
+    pair.outbound.assert_no_panic();
+}
