@@ -118,6 +118,12 @@ def collect(raw):
             r = parse_h2load(text)
         elif scenario == "bulk":
             r = parse_bulk(text, int(meta.get("bulk_mib", "0")) * 1024 * 1024)
+        elif scenario == "cpu":
+            # CPU ticks (user + system) of each side over the 32-connection keep-alive run
+            parts = (text or "").split()
+            r = {"error": text or "no output"}
+            if len(parts) == 3:
+                r = {"out_ticks": int(parts[0]), "in_ticks": int(parts[1]), "clk_tck": int(parts[2])}
         elif scenario == "idle":
             parts = (text or "").split()
             if len(parts) == 5:
@@ -134,8 +140,10 @@ def collect(raw):
         res.setdefault(scenario, {})[target] = r
     rss = {}
     for line in (read(os.path.join(raw, "rss.txt")) or "").splitlines():
-        phase, target, side, kib = line.split()
+        phase, target, side, kib, *anon = line.split()
         rss.setdefault(target, {}).setdefault(phase, {})[side] = int(kib)
+        if anon:
+            rss[target].setdefault(phase + "_anon", {})[side] = int(anon[0])
     return meta, res, rss
 
 
@@ -201,6 +209,16 @@ def build(meta, res, rss):
         chart_label="keep-alive 32 conns req/s")
     row("… 32 conns: p50 latency (µs)", {t: get(res, "ka32", t, "p50_us") for t in TARGETS}, better="lower")
     row("… 32 conns: p99 latency (µs)", {t: get(res, "ka32", t, "p99_us") for t in TARGETS}, better="lower")
+    def cpu_per_request(t):
+        c, w = res.get("cpu", {}).get(t), get(res, "ka32", t, "requests")
+        if not c or "error" in c or not w:
+            return None
+        return (c["out_ticks"] + c["in_ticks"]) * 1e6 / c["clk_tck"] / w
+
+    row("… 32 conns: CPU per request, both proxies (µs)", {t: cpu_per_request(t) for t in PROXIES}, 1,
+        better="lower", chart_label="CPU per request (32 conns)",
+        note="user + system time of the outbound and inbound processes during the 32-connection run, "
+             "divided by the requests served (clock ticks, so ±1 tick per process)")
     row("new conn per request, full handshake: conn/s", {t: get(res, "newconn_full", t, "rps") for t in TARGETS},
         chart_label="new conns/s vs full handshake",
         note="ward: tcp pair, one mTLS connection per client connection (resumption is ward's own choice); "
@@ -232,6 +250,11 @@ def build(meta, res, rss):
     row("RSS after load, outbound process (MiB)", rss_mib("after_load", "out"), 1, better="lower",
         chart_label="RSS after load (out)")
     row("RSS after load, inbound process (MiB)", rss_mib("after_load", "in"), 1, better="lower")
+    row("… of which anonymous, idle, inbound process (MiB)", rss_mib("idle_anon", "in"), 1, better="lower",
+        note="RssAnon: heap and stacks, private to the process; the rest of RSS is the binary's and "
+             "libraries' pages, shared by every process that maps the same files")
+    row("… of which anonymous, after load, inbound process (MiB)", rss_mib("after_load_anon", "in"), 1,
+        better="lower")
 
     # the issue's targets
     def v(scn, t, key):

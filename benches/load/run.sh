@@ -295,11 +295,19 @@ rss_kib() { # pid: VmRSS of it and its children (nginx: master + workers)
     done
     echo "$total"
 }
+anon_kib() { # pid: RssAnon (heap, stacks: memory no other process shares) of it and its children
+    local total=0 p v
+    for p in "$1" $(pgrep -P "$1" 2>/dev/null); do
+        v=$(awk '/^RssAnon:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
 record_rss() { # phase
     local t side
     for t in "${PROXIES[@]}"; do
         for side in out in; do
-            echo "$1 $t $side $(rss_kib "${PID[$t-$side]}")" >> "$RUN/out/rss.txt"
+            echo "$1 $t $side $(rss_kib "${PID[$t-$side]}") $(anon_kib "${PID[$t-$side]}")" >> "$RUN/out/rss.txt"
         done
     done
 }
@@ -344,8 +352,22 @@ run_wrk() { # scenario target port conns threads [extra wrk args]
 
 log "HTTP/1.1 keep-alive, 1 connection (${SECS}s each)"
 for t in "${TARGETS[@]}"; do run_wrk ka1 "$t" "${H1[$t]}" 1 1; done
-log "HTTP/1.1 keep-alive, 32 connections"
-for t in "${TARGETS[@]}"; do run_wrk ka32 "$t" "${H1[$t]}" 32 2; done
+cpu_ticks() { # pid: user+system clock ticks of it and its children (nginx: master + workers)
+    local total=0 p v
+    for p in "$1" $(pgrep -P "$1" 2>/dev/null); do
+        v=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+log "HTTP/1.1 keep-alive, 32 connections (and the CPU each pair spends per request)"
+for t in "${TARGETS[@]}"; do
+    if [[ $t == direct ]]; then run_wrk ka32 "$t" "${H1[$t]}" 32 2; continue; fi
+    out0=$(cpu_ticks "${PID[$t-out]}"); in0=$(cpu_ticks "${PID[$t-in]}")
+    run_wrk ka32 "$t" "${H1[$t]}" 32 2
+    echo "$(($(cpu_ticks "${PID[$t-out]}") - out0)) $(($(cpu_ticks "${PID[$t-in]}") - in0)) $(getconf CLK_TCK)" \
+        > "$RUN/out/cpu__$t.txt"
+done
 log "a new connection per request, full handshake between the sidecars"
 for t in "${TARGETS[@]}"; do run_wrk newconn_full "$t" "${FULL[$t]}" 16 2 -H 'Connection: close'; done
 log "a new connection per request, TLS session resumption between the sidecars"
