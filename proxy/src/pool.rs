@@ -61,6 +61,11 @@ impl tower_service::Service<Uri> for FixedAddr {
     }
 }
 
+/// Idle HTTP/1.1 connections kept to the app behind one inbound listener.
+const APP_MAX_IDLE: usize = 32;
+/// How long an idle connection to the app is kept.
+const APP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Pooled clients to the app behind an inbound listener.
 #[derive(Clone, Debug)]
 pub struct AppClient {
@@ -74,13 +79,17 @@ impl AppClient {
             addr,
             timeout: connect_timeout,
         };
+        // A burst of concurrent requests opens as many app connections; past the burst only
+        // APP_MAX_IDLE of them are kept (each holds hyper's buffers and a task), and those
+        // for APP_IDLE_TIMEOUT, so a sidecar's memory falls back after load.
         let http1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_idle_timeout(APP_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(APP_MAX_IDLE)
             .pool_timer(TokioTimer::new())
             .build(connector.clone());
         let h2c = Client::builder(TokioExecutor::new())
             .http2_only(true)
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_idle_timeout(APP_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
             .build(connector);
         AppClient { http1, h2c }

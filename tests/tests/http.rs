@@ -1283,3 +1283,58 @@ fn one_worker_serves_concurrent_requests_on_both_hops() {
     pair.inbound.assert_no_panic();
     pair.outbound.assert_no_panic();
 }
+
+/// Established TCP connections (IPv4) whose remote end is `port`: the inbound's connections
+/// to the app.
+fn established_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3
+                && f[3] == "01"
+                && f[2]
+                    .rsplit_once(':')
+                    .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+                    == Some(port)
+        })
+        .count()
+}
+
+/// A burst of 64 concurrent slow requests opens an app connection for each; once it is over
+/// the inbound keeps at most 32 of them idle, so its memory falls back after load.
+#[test]
+fn after_a_burst_at_most_32_idle_app_connections_stay() {
+    let ids = ids();
+    let app = HttpApp::spawn();
+    let rules = allow_frontend();
+    let pair = start_pair(&ids, &[Route::http("backend", app.addr, &rules)]);
+    let out = pair.out_ports[0];
+    let threads: Vec<_> = (0..64)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let got = curl(&[&format!("http://127.0.0.1:{out}/burst/{i}?delay_ms=1500")]);
+                assert_eq!(got.status, 200, "{got:?}");
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1000));
+    let during = established_to(app.addr.port());
+    for t in threads {
+        t.join().expect("a client thread failed");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let after = established_to(app.addr.port());
+    assert!(
+        during > 32,
+        "the burst should need more than 32 app connections, saw {during}"
+    );
+    assert!(
+        (1..=32).contains(&after),
+        "{after} app connections stayed after the burst"
+    );
+    assert_eq!(app.count(), 64);
+    pair.inbound.assert_no_panic();
+}
