@@ -224,18 +224,23 @@ async fn handle(
                 None,
                 "passthrough: no route covers the destination; plain TCP outside the mesh".into(),
             ));
-            if let Some(up) = forward::connect(dst, &shared, &info).await {
-                forward::pipe(
-                    app,
-                    up,
-                    &shared,
-                    &info,
-                    &ob.metrics,
-                    started,
-                    std::future::pending(),
-                )
-                .await;
-            }
+            // Boxed, like the other paths: each is allocated only by the connections that
+            // take it, so the task every connection starts with stays small.
+            Box::pin(async move {
+                if let Some(up) = forward::connect(dst, &shared, &info).await {
+                    forward::pipe(
+                        app,
+                        up,
+                        &shared,
+                        &info,
+                        &ob.metrics,
+                        started,
+                        std::future::pending(),
+                    )
+                    .await;
+                }
+            })
+            .await;
             return;
         }
         Dest::Mesh { addr, expect } => (addr, expect),
@@ -283,7 +288,19 @@ async fn handle(
         .await;
         return;
     }
+    Box::pin(serve_tcp(app, addr, expect, ob, shared, info, started)).await;
+}
 
+/// Forwards the app's connection byte for byte over its own mTLS connection to the peer.
+async fn serve_tcp(
+    mut app: TcpStream,
+    addr: SocketAddr,
+    expect: Arc<Expect>,
+    ob: Arc<Outbound>,
+    shared: Arc<Shared>,
+    mut info: ConnInfo,
+    started: Instant,
+) {
     let Some(tls) = shared.store.current() else {
         shared.record(&info.failed("no_identity: ward has no SVID loaded yet".into()));
         return;
