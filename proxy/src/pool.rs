@@ -66,9 +66,13 @@ const APP_MAX_IDLE: usize = 32;
 /// How long an idle connection to the app is kept.
 const APP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Pooled clients to the app behind an inbound listener.
+/// Pooled clients to the app behind an inbound listener; cheap to clone (every request's
+/// future holds one, so it is a pointer, not two hyper clients).
 #[derive(Clone, Debug)]
-pub struct AppClient {
+pub struct AppClient(Arc<AppClients>);
+
+#[derive(Debug)]
+struct AppClients {
     http1: Client<FixedAddr, InBody>,
     h2c: Client<FixedAddr, InBody>,
 }
@@ -92,7 +96,7 @@ impl AppClient {
             .pool_idle_timeout(APP_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
             .build(connector);
-        AppClient { http1, h2c }
+        AppClient(Arc::new(AppClients { http1, h2c }))
     }
 
     /// Sends over HTTP/2 (h2c) when `h2`, else HTTP/1.1 keep-alive.
@@ -102,9 +106,9 @@ impl AppClient {
         h2: bool,
     ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
         if h2 {
-            self.h2c.request(req).await
+            self.0.h2c.request(req).await
         } else {
-            self.http1.request(req).await
+            self.0.http1.request(req).await
         }
     }
 }
@@ -268,7 +272,9 @@ impl PeerPool {
         if let Some(e) = self.recent_failure() {
             return Err(e);
         }
-        match self.connect().await {
+        // Boxed: the handshake's state is large and rarely needed; inline it would be copied
+        // with every request's future.
+        match Box::pin(self.connect()).await {
             Ok(conn) => {
                 *current = Some(conn.clone());
                 Ok(conn)
