@@ -164,7 +164,9 @@ pin_project_lite::pin_project! {
     pub struct Metered<S> {
         #[pin]
         inner: S,
-        last: Arc<AtomicU64>,
+        // None: nobody watches this stream for idleness (HTTP, whose own timers do), so no
+        // clock read per I/O call.
+        last: Option<Arc<AtomicU64>>,
         start: Instant,
         tally: Option<(Counter, Counter)>,
         bytes: Arc<[AtomicU64; 2]>,
@@ -205,18 +207,26 @@ impl Activity {
 /// Wraps `inner`; the [`Activity`] tells how long it has been quiet. With `tally`, bytes read
 /// are added to the first counter and bytes written to the second.
 pub fn metered<S>(inner: S, tally: Option<(Counter, Counter)>) -> (Metered<S>, Activity) {
+    let (mut m, activity) = counted(inner, tally);
+    m.last = Some(activity.last.clone());
+    (m, activity)
+}
+
+/// [`metered`] without the activity stamp: counts bytes only; [`Activity::idle_for`] on its
+/// activity never sees traffic.
+pub fn counted<S>(inner: S, tally: Option<(Counter, Counter)>) -> (Metered<S>, Activity) {
     let start = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
     let bytes = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
     let activity = Activity {
-        last: last.clone(),
+        last,
         start,
         bytes: bytes.clone(),
     };
     (
         Metered {
             inner,
-            last,
+            last: None,
             start,
             tally,
             bytes,
@@ -226,8 +236,16 @@ pub fn metered<S>(inner: S, tally: Option<(Counter, Counter)>) -> (Metered<S>, A
 }
 
 impl<S> Metered<S> {
-    fn note(last: &AtomicU64, start: Instant, counter: Option<&Counter>, total: &AtomicU64, n: usize) {
-        last.store(now_ms(start), Ordering::Relaxed);
+    fn note(
+        last: Option<&Arc<AtomicU64>>,
+        start: Instant,
+        counter: Option<&Counter>,
+        total: &AtomicU64,
+        n: usize,
+    ) {
+        if let Some(last) = last {
+            last.store(now_ms(start), Ordering::Relaxed);
+        }
         total.fetch_add(n as u64, Ordering::Relaxed);
         if let Some(c) = counter {
             c.inc_by(n as u64);
@@ -243,7 +261,7 @@ impl<S: AsyncRead> AsyncRead for Metered<S> {
         if r.is_ready() {
             let n = buf.filled().len() - before;
             Self::note(
-                this.last,
+                this.last.as_ref(),
                 *this.start,
                 this.tally.as_ref().map(|t| &t.0),
                 &this.bytes[0],
@@ -260,7 +278,7 @@ impl<S: AsyncWrite> AsyncWrite for Metered<S> {
         let r = this.inner.poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = r {
             Self::note(
-                this.last,
+                this.last.as_ref(),
                 *this.start,
                 this.tally.as_ref().map(|t| &t.1),
                 &this.bytes[1],
@@ -287,7 +305,7 @@ impl<S: AsyncWrite> AsyncWrite for Metered<S> {
         let r = this.inner.poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = r {
             Self::note(
-                this.last,
+                this.last.as_ref(),
                 *this.start,
                 this.tally.as_ref().map(|t| &t.1),
                 &this.bytes[1],

@@ -337,7 +337,7 @@ pub async fn serve_connection<I, S, B>(
     // Wire bytes each way, headers included, counted as they pass.
     let started = Instant::now();
     let tally = (metrics.bytes_received.clone(), metrics.bytes_sent.clone());
-    let (io, activity) = crate::guard::metered(io, Some(tally));
+    let (io, activity) = crate::guard::counted(io, Some(tally));
     let io = TokioIo::new(io);
     let ctx = Drive {
         shared,
