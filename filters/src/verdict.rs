@@ -46,6 +46,16 @@ impl Reason {
             Reason::DefaultDeny => "default_deny",
         }
     }
+
+    /// `label: text`, the `reason` of an audit record.
+    pub fn record_text(&self) -> &'static str {
+        match self {
+            Reason::DenyRule => "deny_rule: denied by a deny rule",
+            Reason::AllowRule => "allow_rule: allowed by an allow rule",
+            Reason::DefaultAllow => "default_allow: no rule matched; the default allows",
+            Reason::DefaultDeny => "default_deny: no rule matched; the default denies",
+        }
+    }
 }
 
 impl fmt::Display for Reason {
@@ -161,5 +171,17 @@ mod tests {
             Reason::DefaultDeny.to_string(),
             "no rule matched; the default denies"
         );
+    }
+
+    #[test]
+    fn record_text_is_label_then_text() {
+        for r in [
+            Reason::DenyRule,
+            Reason::AllowRule,
+            Reason::DefaultAllow,
+            Reason::DefaultDeny,
+        ] {
+            assert_eq!(r.record_text(), format!("{}: {r}", r.label()));
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! to a writer thread through a bounded queue, so a slow disk never stalls a connection; if the
 //! queue is full the record is dropped and counted, never blocking the proxy.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,17 +44,19 @@ pub enum Kind {
 /// so the schema is the same for every record.
 #[derive(Debug, Clone, Serialize)]
 pub struct Record {
-    pub timestamp: String,
+    /// When the connection or request arrived; RFC 3339 UTC with milliseconds.
+    #[serde(serialize_with = "rfc3339_millis")]
+    pub timestamp: SystemTime,
     pub kind: Kind,
     pub listener: Arc<str>,
     pub direction: Direction,
     pub peer_id: Option<Arc<str>>,
-    pub peer_serial: Option<String>,
+    pub peer_serial: Option<Arc<str>>,
     pub src: SocketAddr,
     pub dst: SocketAddr,
     pub rule: Option<Arc<str>>,
     pub decision: Decision,
-    pub reason: String,
+    pub reason: Cow<'static, str>,
     pub audit_rules: Vec<Arc<str>>,
     pub bytes_in: Option<u64>,
     pub bytes_out: Option<u64>,
@@ -72,13 +75,13 @@ pub struct ConnInfo {
     pub src: SocketAddr,
     pub dst: SocketAddr,
     pub peer_id: Option<Arc<str>>,
-    pub peer_serial: Option<String>,
+    pub peer_serial: Option<Arc<str>>,
 }
 
 impl ConnInfo {
-    fn record(&self, kind: Kind, decision: Decision, reason: String) -> Record {
+    fn record(&self, kind: Kind, decision: Decision, reason: impl Into<Cow<'static, str>>) -> Record {
         Record {
-            timestamp: timestamp(),
+            timestamp: SystemTime::now(),
             kind,
             listener: self.listener.clone(),
             direction: self.direction,
@@ -88,7 +91,7 @@ impl ConnInfo {
             dst: self.dst,
             rule: None,
             decision,
-            reason,
+            reason: reason.into(),
             audit_rules: Vec::new(),
             bytes_in: None,
             bytes_out: None,
@@ -118,20 +121,24 @@ impl ConnInfo {
 
     /// A policy verdict.
     pub fn authz(&self, verdict: &Verdict) -> Record {
-        let reason = format!("{}: {}", verdict.reason.label(), verdict.reason);
-        let mut r = self.record(Kind::Authz, verdict.decision, reason);
+        let mut r = self.record(Kind::Authz, verdict.decision, verdict.reason.record_text());
         r.rule = verdict.rule.clone();
         r.audit_rules = verdict.audit.clone();
         r
     }
 
     /// A refusal for a reason of ward's own, not of policy.
-    pub fn failed(&self, reason: String) -> Record {
+    pub fn failed(&self, reason: impl Into<Cow<'static, str>>) -> Record {
         self.record(Kind::Error, Decision::Deny, reason)
     }
 
     /// A decision not made by a policy rule (server_id checks, missing identity).
-    pub fn decided(&self, decision: Decision, rule: Option<Arc<str>>, reason: String) -> Record {
+    pub fn decided(
+        &self,
+        decision: Decision,
+        rule: Option<Arc<str>>,
+        reason: impl Into<Cow<'static, str>>,
+    ) -> Record {
         let mut r = self.record(Kind::Authz, decision, reason);
         r.rule = rule;
         r
@@ -154,9 +161,9 @@ impl ConnInfo {
     }
 }
 
-/// RFC 3339 UTC with milliseconds.
-pub fn timestamp() -> String {
-    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+/// RFC 3339 UTC with milliseconds, written straight into the record's line.
+fn rfc3339_millis<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_millis(*t))
 }
 
 /// Records waiting to be written are kept up to this size; past it they are dropped (and
@@ -284,19 +291,34 @@ impl AuditLog {
 
     /// Queues one record; never blocks on I/O.
     pub fn write(&self, record: &Record) {
-        let mut line = match serde_json::to_vec(record) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot encode an audit record");
-                return;
-            }
-        };
+        thread_local! {
+            // Each thread encodes into its own buffer, reused: no allocation per record.
+            static LINE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        LINE.with(|line| match line.try_borrow_mut() {
+            Ok(mut line) => self.encode_and_queue(record, &mut line),
+            // Only if encoding a record ever wrote another one (it does not).
+            Err(_) => self.encode_and_queue(record, &mut Vec::new()),
+        });
+    }
+
+    fn encode_and_queue(&self, record: &Record, line: &mut Vec<u8>) {
+        if line.capacity() > 64 * 1024 {
+            // A huge record (a very long path) does not pin its buffer for good.
+            *line = Vec::new();
+        }
+        line.clear();
+        if let Err(e) = serde_json::to_writer(&mut *line, record) {
+            tracing::error!(error = %e, "cannot encode an audit record");
+            return;
+        }
         line.push(b'\n');
+        let line = &line[..];
         let queued = match &self.sink {
             Sink::Writer(w) => match w.pending.lock() {
                 Ok(mut pending) if pending.len() + line.len() <= MAX_PENDING => {
                     let was_empty = pending.is_empty();
-                    pending.extend_from_slice(&line);
+                    pending.extend_from_slice(line);
                     if was_empty || pending.len() >= WRITE_AT {
                         w.wake.notify_one();
                     }
@@ -304,7 +326,7 @@ impl AuditLog {
                 }
                 _ => false,
             },
-            Sink::Channel(tx) => tx.try_send(String::from_utf8_lossy(&line).into_owned()).is_ok(),
+            Sink::Channel(tx) => tx.try_send(String::from_utf8_lossy(line).into_owned()).is_ok(),
         };
         if !queued {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;

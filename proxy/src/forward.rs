@@ -79,7 +79,7 @@ impl Shared {
                 let label = r.reason.split(':').next().unwrap_or("unknown");
                 self.metrics.handshake_failed(&r.listener, r.direction, label);
             }
-            Kind::Authz | Kind::Request => self.metrics.decision(&r.listener, r.rule.as_deref(), r.decision),
+            Kind::Authz | Kind::Request => self.metrics.decision(&r.listener, r.rule.as_ref(), r.decision),
             Kind::Access | Kind::Error => {}
         }
         self.audit.write(r);

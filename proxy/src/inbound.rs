@@ -151,7 +151,7 @@ async fn handle(ib: Arc<Inbound>, shared: Arc<Shared>, tcp: TcpStream, src: Sock
     };
     info.dst = target.dst;
     let Some(tls) = shared.store.current() else {
-        shared.record(&info.failed("no_identity: ward has no SVID loaded yet".into()));
+        shared.record(&info.failed("no_identity: ward has no SVID loaded yet"));
         return;
     };
 
@@ -213,7 +213,7 @@ async fn handle(ib: Arc<Inbound>, shared: Arc<Shared>, tcp: TcpStream, src: Sock
         chain: Some(PeerChain::new(certs)),
     };
     info.peer_id = Some(peer.id.shared());
-    info.peer_serial = Some(peer.serial);
+    info.peer_serial = Some(peer.serial.into());
     let detected = match (target.protocol, conn.alpn_protocol()) {
         (Protocol::Tcp, _) => Some(Detected::Opaque),
         (_, Some(b"h2")) => Some(Detected::Http2),
@@ -260,7 +260,7 @@ async fn serve_detected<S>(
         return;
     }
     let Some(policy) = shared.policy(&ib.name, target.port) else {
-        shared.record(&info.failed("no_policy: the listener has no policy now".into()));
+        shared.record(&info.failed("no_policy: the listener has no policy now"));
         return;
     };
     // A later reload re-checks this connection against the listener's policy then.

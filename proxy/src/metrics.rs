@@ -9,6 +9,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
 
 use crate::audit::Direction;
 
@@ -27,8 +28,10 @@ struct HandshakeLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AuthzLabels {
-    listener: String,
-    rule: String,
+    // Shared with the records: building a label set per request clones two pointers, no
+    // strings.
+    listener: Arc<str>,
+    rule: Arc<str>,
     decision: &'static str,
 }
 
@@ -55,6 +58,8 @@ pub struct Metrics {
     refused_overload: Family<ListenerLabels, Counter>,
     handshake_failures: Family<HandshakeLabels, Counter>,
     authz: Family<AuthzLabels, Counter>,
+    /// The `rule` label of a decision no rule made.
+    default_rule: Arc<str>,
     request_duration: Family<ListenerLabels, Histogram, fn() -> Histogram>,
     pub identity_expiry: Gauge<i64, AtomicI64Compat>,
     rotations: Family<ResultLabels, Counter>,
@@ -107,6 +112,7 @@ impl Metrics {
             refused_overload: Family::default(),
             handshake_failures: Family::default(),
             authz: Family::default(),
+            default_rule: Arc::from("default"),
             request_duration: Family::new_with_constructor(duration_histogram),
             identity_expiry: Gauge::default(),
             rotations: Family::default(),
@@ -192,11 +198,11 @@ impl Metrics {
             .inc();
     }
 
-    pub fn decision(&self, listener: &str, rule: Option<&str>, decision: ward_filters::Decision) {
+    pub fn decision(&self, listener: &Arc<str>, rule: Option<&Arc<str>>, decision: ward_filters::Decision) {
         self.authz
             .get_or_create(&AuthzLabels {
-                listener: listener.to_owned(),
-                rule: rule.unwrap_or("default").to_owned(),
+                listener: listener.clone(),
+                rule: rule.unwrap_or(&self.default_rule).clone(),
                 decision: match decision {
                     ward_filters::Decision::Allow => "allow",
                     ward_filters::Decision::Deny => "deny",

@@ -6,6 +6,7 @@
 //! pooled, multiplexed HTTP/2 mTLS connection per destination, checked the same way.
 //! Audit records and metrics along the way.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -222,7 +223,7 @@ async fn handle(
             shared.record(&info.decided(
                 Decision::Allow,
                 None,
-                "passthrough: no route covers the destination; plain TCP outside the mesh".into(),
+                "passthrough: no route covers the destination; plain TCP outside the mesh",
             ));
             // Boxed, like the other paths: each is allocated only by the connections that
             // take it, so the task every connection starts with stays small.
@@ -302,7 +303,7 @@ async fn serve_tcp(
     started: Instant,
 ) {
     let Some(tls) = shared.store.current() else {
-        shared.record(&info.failed("no_identity: ward has no SVID loaded yet".into()));
+        shared.record(&info.failed("no_identity: ward has no SVID loaded yet"));
         return;
     };
     let Some(upstream) = forward::connect(addr, &shared, &info).await else {
@@ -336,7 +337,7 @@ async fn serve_tcp(
     };
     let chain = PeerChain::new(certs);
     info.peer_id = Some(peer.id.shared());
-    info.peer_serial = Some(peer.serial);
+    info.peer_serial = Some(peer.serial.into());
     if !expect.server_id.matches(peer.id.as_str()) {
         let reason = format!(
             "server_id_mismatch: the server presented {} but this listener requires {}",
@@ -348,11 +349,7 @@ async fn serve_tcp(
         let _ = app.shutdown().await;
         return;
     }
-    shared.record(&info.decided(
-        Decision::Allow,
-        Some(expect.rule.clone()),
-        "server_id_match".into(),
-    ));
+    shared.record(&info.decided(Decision::Allow, Some(expect.rule.clone()), "server_id_match"));
     let revoke = forward::revoked(shared.watch(), shared.store.clone(), Some(chain), || Ok(()));
     forward::pipe(app, stream, &shared, &info, &ob.metrics, started, revoke).await;
 }
@@ -407,10 +404,10 @@ async fn request(
     let authority = h::authority(&req);
     let method = req.method().as_str().to_owned();
     let path = req.uri().path().to_owned();
-    let record = |decision, reason: String, peer: Option<&ward_certs::SvidInfo>| {
+    let record = |decision, reason: Cow<'static, str>, peer: Option<&crate::pool::PeerConn>| {
         let mut info = (*info).clone();
         if let Some(p) = peer {
-            info.peer_id = Some(p.id.shared());
+            info.peer_id = Some(p.peer.id.shared());
             info.peer_serial = Some(p.serial.clone());
         }
         let mut r = info.decided(decision, Some(rule.clone()), reason);
@@ -430,15 +427,11 @@ async fn request(
                 _ => StatusCode::SERVICE_UNAVAILABLE,
             };
             tracing::warn!(listener = %ob.name, error = %e, "no connection to the peer");
-            let r = record(Decision::Deny, format!("{}: {e}", e.label()), None);
+            let r = record(Decision::Deny, format!("{}: {e}", e.label()).into(), None);
             return Ok(pending(r).attach(h::text(status, "ward: the upstream sidecar is unavailable\n")));
         }
     };
-    let pending = pending(record(
-        Decision::Allow,
-        "server_id_match".into(),
-        Some(&conn.peer),
-    ));
+    let pending = pending(record(Decision::Allow, "server_id_match".into(), Some(&conn)));
     let (mut parts, body) = req.into_parts();
     h::strip_hop_by_hop(&mut parts.headers);
     let target = authority.unwrap_or_else(|| info.dst.to_string());

@@ -160,6 +160,8 @@ impl PeerError {
 pub struct PeerConn {
     pub send: http2::SendRequest<InBody>,
     pub peer: Arc<SvidInfo>,
+    /// The peer's serial, shared by every request's record.
+    pub serial: Arc<str>,
     chain: crate::forward::PeerChain,
     /// The identity generation the chain was last validated under.
     generation: u64,
@@ -365,6 +367,7 @@ impl PeerPool {
         });
         Ok(PeerConn {
             send,
+            serial: peer.serial.as_str().into(),
             peer: Arc::new(peer),
             chain: crate::forward::PeerChain::new(conn_chain.as_deref()),
             generation,
