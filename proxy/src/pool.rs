@@ -61,9 +61,11 @@ impl tower_service::Service<Uri> for FixedAddr {
     }
 }
 
-/// Idle HTTP/1.1 connections kept to the app behind one inbound listener.
-const APP_MAX_IDLE: usize = 32;
-/// How long an idle connection to the app is kept.
+/// Idle HTTP/1.1 connections kept to the app behind one inbound listener: above the 200
+/// streams one peer's HTTP/2 connection may carry at once, so steady concurrency never churns
+/// app connections, yet a burst from many peers does not stay pooled without bound.
+const APP_MAX_IDLE: usize = 256;
+/// How long an idle connection to the app is kept: after load, memory falls back within it.
 const APP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Pooled clients to the app behind an inbound listener; cheap to clone (every request's
@@ -83,9 +85,9 @@ impl AppClient {
             addr,
             timeout: connect_timeout,
         };
-        // A burst of concurrent requests opens as many app connections; past the burst only
-        // APP_MAX_IDLE of them are kept (each holds hyper's buffers and a task), and those
-        // for APP_IDLE_TIMEOUT, so a sidecar's memory falls back after load.
+        // A burst of concurrent requests opens as many app connections; afterwards at most
+        // APP_MAX_IDLE of them are kept (each holds hyper's buffers and a task), each for
+        // APP_IDLE_TIMEOUT.
         let http1 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(APP_IDLE_TIMEOUT)
             .pool_max_idle_per_host(APP_MAX_IDLE)
