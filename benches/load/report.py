@@ -247,12 +247,12 @@ def build(meta, res, rss):
 
     row("RSS idle, outbound process (MiB)", rss_mib("idle", "out"), 1, better="lower")
     row("RSS idle, inbound process (MiB)", rss_mib("idle", "in"), 1, better="lower")
-    row("RSS after load, outbound process (MiB)", rss_mib("after_load", "out"), 1, better="lower",
-        chart_label="RSS after load (out)")
-    row("RSS after load, inbound process (MiB)", rss_mib("after_load", "in"), 1, better="lower")
     row("… of which anonymous, idle, inbound process (MiB)", rss_mib("idle_anon", "in"), 1, better="lower",
         note="RssAnon: heap and stacks, private to the process; the rest of RSS is the binary's and "
              "libraries' pages, shared by every process that maps the same files")
+    row("RSS after load, outbound process (MiB)", rss_mib("after_load", "out"), 1, better="lower",
+        chart_label="RSS after load (out)")
+    row("RSS after load, inbound process (MiB)", rss_mib("after_load", "in"), 1, better="lower")
     row("… of which anonymous, after load, inbound process (MiB)", rss_mib("after_load_anon", "in"), 1,
         better="lower")
 

@@ -44,7 +44,8 @@ pub enum Kind {
 /// so the schema is the same for every record.
 #[derive(Debug, Clone, Serialize)]
 pub struct Record {
-    /// When the connection or request arrived; RFC 3339 UTC with milliseconds.
+    /// When the record was made (a decision, a request's arrival, a connection's end); RFC
+    /// 3339 UTC with milliseconds.
     #[serde(serialize_with = "rfc3339_millis")]
     pub timestamp: SystemTime,
     pub kind: Kind,
@@ -295,11 +296,18 @@ impl AuditLog {
             // Each thread encodes into its own buffer, reused: no allocation per record.
             static LINE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        LINE.with(|line| match line.try_borrow_mut() {
-            Ok(mut line) => self.encode_and_queue(record, &mut line),
+        let reused = LINE.try_with(|line| match line.try_borrow_mut() {
+            Ok(mut line) => {
+                self.encode_and_queue(record, &mut line);
+                true
+            }
             // Only if encoding a record ever wrote another one (it does not).
-            Err(_) => self.encode_and_queue(record, &mut Vec::new()),
+            Err(_) => false,
         });
+        // Not reused: the thread is exiting (a task dropped at shutdown), or the buffer is busy.
+        if reused != Ok(true) {
+            self.encode_and_queue(record, &mut Vec::new());
+        }
     }
 
     fn encode_and_queue(&self, record: &Record, line: &mut Vec<u8>) {

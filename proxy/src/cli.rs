@@ -27,8 +27,8 @@ pub enum Command {
         /// The config file.
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
-        /// Runtime worker threads (a sidecar rarely needs more than 2). With 1, everything runs
-        /// on one thread with no cross-thread wakeups: about a fifth less CPU per request, at
+        /// Runtime worker threads (a sidecar rarely needs more than 2). With 1, every connection is
+        /// served on one thread, with no cross-thread wakeups: about a fifth less CPU per request, at
         /// most one core.
         #[arg(long, env = "WARD_WORKERS", default_value_t = 2)]
         workers: usize,

@@ -64,6 +64,13 @@ impl Shared {
         self.settings.load_full()
     }
 
+    /// Resolves once ward starts draining: a connection still waiting for its first bytes
+    /// gives up then instead of holding the drain up.
+    pub async fn drained(&self) {
+        let mut rx = self.draining.subscribe();
+        let _ = rx.wait_for(|d| *d).await;
+    }
+
     /// The current policy of an inbound listener (for an app port, when transparent).
     pub fn policy(&self, listener: &str, port: Option<u16>) -> Option<Arc<Policy>> {
         self.settings

@@ -207,31 +207,43 @@ impl Activity {
 /// Wraps `inner`; the [`Activity`] tells how long it has been quiet. With `tally`, bytes read
 /// are added to the first counter and bytes written to the second.
 pub fn metered<S>(inner: S, tally: Option<(Counter, Counter)>) -> (Metered<S>, Activity) {
-    let (mut m, activity) = counted(inner, tally);
-    m.last = Some(activity.last.clone());
+    let (mut m, bytes) = counted(inner, tally);
+    let last = Arc::new(AtomicU64::new(0));
+    m.last = Some(last.clone());
+    let activity = Activity {
+        last,
+        start: m.start,
+        bytes: bytes.0,
+    };
     (m, activity)
 }
 
-/// [`metered`] without the activity stamp: counts bytes only; [`Activity::idle_for`] on its
-/// activity never sees traffic.
-pub fn counted<S>(inner: S, tally: Option<(Counter, Counter)>) -> (Metered<S>, Activity) {
-    let start = Instant::now();
-    let last = Arc::new(AtomicU64::new(0));
+/// The byte counts of a [`counted`] stream.
+#[derive(Debug, Clone)]
+pub struct ByteCount(Arc<[AtomicU64; 2]>);
+
+impl ByteCount {
+    /// Bytes read from and written to the stream so far.
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.0[0].load(Ordering::Relaxed),
+            self.0[1].load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// [`metered`] without the activity stamp (no clock read per I/O call): counts bytes only.
+pub fn counted<S>(inner: S, tally: Option<(Counter, Counter)>) -> (Metered<S>, ByteCount) {
     let bytes = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
-    let activity = Activity {
-        last,
-        start,
-        bytes: bytes.clone(),
-    };
     (
         Metered {
             inner,
             last: None,
-            start,
+            start: Instant::now(),
             tally,
-            bytes,
+            bytes: bytes.clone(),
         },
-        activity,
+        ByteCount(bytes),
     )
 }
 

@@ -337,12 +337,12 @@ pub async fn serve_connection<I, S, B>(
     // Wire bytes each way, headers included, counted as they pass.
     let started = Instant::now();
     let tally = (metrics.bytes_received.clone(), metrics.bytes_sent.clone());
-    let (io, activity) = crate::guard::counted(io, Some(tally));
+    let (io, bytes) = crate::guard::counted(io, Some(tally));
     let io = TokioIo::new(io);
     let ctx = Drive {
         shared,
         info,
-        activity: &activity,
+        bytes: &bytes,
         started,
     };
     match version {
@@ -377,14 +377,14 @@ const H2_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(30);
 struct Drive<'a> {
     shared: &'a Shared,
     info: &'a ConnInfo,
-    activity: &'a crate::guard::Activity,
+    bytes: &'a crate::guard::ByteCount,
     started: Instant,
 }
 
 impl Drive<'_> {
     /// The connection's access record, whichever way it ends.
     fn access(&self, outcome: &str) {
-        let (read, written) = self.activity.bytes();
+        let (read, written) = self.bytes.get();
         self.shared.record(
             &self
                 .info

@@ -163,7 +163,15 @@ async fn handle(ib: Arc<Inbound>, shared: Arc<Shared>, tcp: TcpStream, src: Sock
         };
         let detected = match target.protocol {
             Protocol::Tcp => Detected::Opaque,
-            Protocol::Http => sniff::peek_http(&tcp).await,
+            Protocol::Http => {
+                // looks_like_tls saw bytes or gave up on a silent client; either way the
+                // first bytes get no longer than a request head would.
+                let wait = shared.settings().request_header_timeout;
+                tokio::select! {
+                    d = tokio::time::timeout(wait, sniff::peek_http(&tcp)) => d.unwrap_or(Detected::Silent),
+                    _ = shared.drained() => Detected::Silent,
+                }
+            }
             Protocol::Auto => {
                 let settings = shared.settings();
                 sniff::peek_tcp(&tcp, settings.idle_timeout, settings.detect_timeout).await

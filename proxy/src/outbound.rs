@@ -253,11 +253,17 @@ async fn handle(
         Protocol::Http => {
             // An app connection that has sent nothing yet costs only this small task: the
             // HTTP machinery (and its buffers) is made once the first bytes arrive.
+            // (peek waits for the first bytes; readable() may wake without any.)
             let idle = shared.settings.load().idle_timeout;
-            if !matches!(tokio::time::timeout(idle, app.readable()).await, Ok(Ok(()))) {
-                return;
+            let first = tokio::select! {
+                r = tokio::time::timeout(idle, sniff::peek_http(&app)) => r.ok(),
+                // A drain does not wait for an app that never sent a request.
+                _ = shared.drained() => None,
+            };
+            match first {
+                Some(d) => d,
+                None => return,
             }
-            sniff::peek_http(&app).await
         }
         Protocol::Auto => {
             let settings = shared.settings();

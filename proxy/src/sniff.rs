@@ -92,8 +92,8 @@ fn undecided(prefix: &[u8]) -> Detected {
     }
 }
 
-/// On a listener that speaks HTTP: which version, from what the client has already sent (no
-/// waiting for more). Call once the socket is readable; anything unclear is left to hyper.
+/// On a listener that speaks HTTP: which version, from the client's first bytes (waits for
+/// them, not for more); anything unclear is left to hyper.
 pub async fn peek_http(tcp: &TcpStream) -> Detected {
     let mut buf = [0u8; PEEK];
     let n = tcp.peek(&mut buf).await.unwrap_or(0);

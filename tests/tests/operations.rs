@@ -417,7 +417,7 @@ fn http_traffic_counts_bytes_each_way() {
     let app = HttpApp::spawn();
     let (port, admin) = (free_port(), free_port());
     let body = format!(
-        "{}{}inbound:\n  - name: web\n    listen: 127.0.0.1:{port}\n    forward: {}\n    protocol: http\n    mtls: permissive\n    policy: web\npolicies:\n  web:\n    default: deny\n    rules:\n      - {{name: anyone, action: allow, unauthenticated: true}}\n",
+        "{}{}inbound:\n  - name: web\n    listen: 127.0.0.1:{port}\n    forward: {}\n    protocol: http\n    mtls: permissive\n    handshake_timeout: 300ms\n    policy: web\npolicies:\n  web:\n    default: deny\n    rules:\n      - {{name: anyone, action: allow, unauthenticated: true}}\n",
         identity_yaml(&ids.backend, &[]),
         admin_yaml(admin),
         app.addr
@@ -1313,4 +1313,46 @@ fn a_bundle_change_revokes_and_max_connection_lifetime_closes_live_connections()
     assert_eq!(r["peer_id"], FRONTEND, "{r}");
     inbound.assert_no_panic();
     lifetime.assert_no_panic();
+}
+
+/// Clients that connected and never sent a byte do not hold a drain up: one on an outbound
+/// `protocol: http` listener, one (plaintext, past the TLS sniff) on a permissive inbound
+/// `protocol: http` listener. ward exits well before `drain_timeout`.
+#[test]
+fn silent_clients_do_not_hold_up_a_drain() {
+    let pki = Pki::new("example.org");
+    let backend = pki.issue("backend", BACKEND);
+    let app = App::echo();
+    let (out, inb) = (free_port(), free_port());
+    let body = format!(
+        "{}drain_timeout: 20s\noutbound:\n  - name: out\n    listen: 127.0.0.1:{out}\n    forward: {}\n    protocol: http\n    server_id: \"{FRONTEND}\"\ninbound:\n  - name: web\n    listen: 127.0.0.1:{inb}\n    forward: {}\n    protocol: http\n    mtls: permissive\n    handshake_timeout: 300ms\n    policy: web\npolicies:\n  web:\n    default: allow\n",
+        identity_yaml(&backend, &[]),
+        app.addr,
+        app.addr,
+    );
+    let mut ward = Ward::start(&body, &[out, inb]);
+    let silent_out = TcpStream::connect(local(out)).unwrap();
+    let silent_in = TcpStream::connect(local(inb)).unwrap();
+    // Past the permissive listener's TLS sniff (handshake_timeout), into the HTTP wait.
+    std::thread::sleep(Duration::from_millis(800));
+
+    let term = Instant::now();
+    ward.signal("TERM");
+    let status = ward
+        .wait_exit(WAIT)
+        .unwrap_or_else(|| panic!("ward did not exit:\n{}", ward.stderr()));
+    let took = term.elapsed();
+    assert_eq!(status.code(), Some(0), "{}", ward.stderr());
+    assert!(
+        took < Duration::from_secs(5),
+        "exited {took:?} after SIGTERM: silent clients held the drain up\n{}",
+        ward.stderr()
+    );
+    assert!(
+        !ward.stderr().contains("drain timeout reached"),
+        "{}",
+        ward.stderr()
+    );
+    drop((silent_out, silent_in));
+    ward.assert_no_panic();
 }
