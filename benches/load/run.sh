@@ -11,8 +11,9 @@
 # markdown table and writes target/bench/{results.json,results.md,chart.svg}. Every process it
 # starts is stopped on exit. What each measurement means: benches/load/README.md.
 #
-# Settings (environment): WARD_BENCH_PORT_BASE, WARD_BENCH_THREADS (worker threads/processes
-# per proxy, default 2 = ward's default), WARD_BENCH_SECS (seconds per measurement),
+# Settings (environment): WARD_BENCH_PORT_BASE, WARD_BENCH_THREADS (haproxy's threads and
+# nginx's worker processes, default 2), WARD_BENCH_WARD_WORKERS (ward's `--workers`, default 1,
+# ward's default), WARD_BENCH_SECS (seconds per measurement),
 # WARD_BENCH_IDLE_CONNS, WARD_BENCH_BULK_MIB, WARD_BENCH_NO_INSTALL=1 (never apt-get),
 # WARD_BENCH_SKIP_BUILD=1 (use target/release/ward as it is), WARD_BENCH_AUDIT=file (keep
 # ward's audit records in target/bench/run/logs instead of writing them to /dev/null).
@@ -38,8 +39,8 @@ else
     BULK_MIB=${WARD_BENCH_BULK_MIB:-1024}; BULK_REPS=3; MODE=full
 fi
 THREADS=${WARD_BENCH_THREADS:-2}
-# ward's own worker threads (default: the same as the others' threads/processes).
-WARD_WORKERS=${WARD_BENCH_WARD_WORKERS:-$THREADS}
+# ward's own worker threads (default: ward's default, 1; haproxy and nginx get $THREADS).
+WARD_WORKERS=${WARD_BENCH_WARD_WORKERS:-1}
 BASE=${WARD_BENCH_PORT_BASE:-19100}
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
@@ -401,6 +402,7 @@ record_rss after_load
     echo "mode=$MODE"
     echo "secs=$SECS"
     echo "threads=$THREADS"
+    echo "ward_workers=$WARD_WORKERS"
     echo "idle_conns=$IDLE_CONNS"
     echo "bulk_mib=$BULK_MIB"
     echo "nproc=$(nproc)"
