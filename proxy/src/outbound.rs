@@ -373,15 +373,18 @@ async fn serve_http(
     let info = Arc::new(info);
     let service = {
         let (ob, shared, info) = (ob.clone(), shared.clone(), info.clone());
+        // Boxed per request: hyper keeps a slot the size of the service's future for the
+        // whole life of a keep-alive connection; a pointer there, not the 1.8 KB future,
+        // makes each idle app connection that much smaller.
         service_fn(move |req| {
-            request(
+            Box::pin(request(
                 ob.clone(),
                 shared.clone(),
                 info.clone(),
                 pool.clone(),
                 rule.clone(),
                 req,
-            )
+            ))
         })
     };
     let revoke = forward::revoked(shared.watch(), shared.store.clone(), None, || Ok(()));
