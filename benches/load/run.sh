@@ -288,22 +288,20 @@ for t in "${TARGETS[@]}"; do
         || die "$t: no h2c answer on :${H2[$t]}"
 done
 
-rss_kib() { # pid: VmRSS of it and its children (nginx: master + workers)
+proc_sum() { # pid file awk-program: the program's number from /proc/PID/file, summed over the
+    # process and its children (nginx: master + workers)
     local total=0 p v
     for p in "$1" $(pgrep -P "$1" 2>/dev/null); do
-        v=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+        v=$(awk "$3" "/proc/$p/$2" 2>/dev/null || echo 0)
         total=$((total + ${v:-0}))
     done
     echo "$total"
 }
-anon_kib() { # pid: RssAnon (heap, stacks: memory no other process shares) of it and its children
-    local total=0 p v
-    for p in "$1" $(pgrep -P "$1" 2>/dev/null); do
-        v=$(awk '/^RssAnon:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
-        total=$((total + ${v:-0}))
-    done
-    echo "$total"
-}
+rss_kib() { proc_sum "$1" status '/^VmRSS:/ {print $2}'; }
+# RssAnon: heap and stacks, memory no other process shares
+anon_kib() { proc_sum "$1" status '/^RssAnon:/ {print $2}'; }
+# user + system clock ticks
+cpu_ticks() { proc_sum "$1" stat '{print $14 + $15}'; }
 record_rss() { # phase
     local t side
     for t in "${PROXIES[@]}"; do
@@ -353,14 +351,6 @@ run_wrk() { # scenario target port conns threads [extra wrk args]
 
 log "HTTP/1.1 keep-alive, 1 connection (${SECS}s each)"
 for t in "${TARGETS[@]}"; do run_wrk ka1 "$t" "${H1[$t]}" 1 1; done
-cpu_ticks() { # pid: user+system clock ticks of it and its children (nginx: master + workers)
-    local total=0 p v
-    for p in "$1" $(pgrep -P "$1" 2>/dev/null); do
-        v=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
-        total=$((total + ${v:-0}))
-    done
-    echo "$total"
-}
 log "HTTP/1.1 keep-alive, 32 connections (and the CPU each pair spends per request)"
 for t in "${TARGETS[@]}"; do
     if [[ $t == direct ]]; then run_wrk ka32 "$t" "${H1[$t]}" 32 2; continue; fi
