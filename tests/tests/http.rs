@@ -108,6 +108,16 @@ fn requests(ward: &Ward, n: usize) -> Vec<Value> {
     ward.wait_records(n, "of kind request", |r| r["kind"] == "request")
 }
 
+/// The usual fixture: the echo app behind a pair (`ward run` with `args`) whose inbound
+/// allows the frontend everything. Keep the `Ids`: they hold the SVID files.
+fn echo_pair(args: &[&str]) -> (Ids, HttpApp, Pair) {
+    let ids = ids();
+    let app = HttpApp::spawn();
+    let rules = allow_frontend();
+    let pair = start_pair_with(&ids, &[Route::http("backend", app.addr, &rules)], args);
+    (ids, app, pair)
+}
+
 fn distinct(records: &[Value], key: &str) -> BTreeSet<String> {
     records.iter().map(|r| r[key].to_string()).collect()
 }
@@ -120,10 +130,7 @@ fn distinct(records: &[Value], key: &str) -> BTreeSet<String> {
 /// record with status, bytes and duration.
 #[test]
 fn curl_http1_and_h2c_reach_the_app_through_both_sidecars() {
-    let ids = ids();
-    let app = HttpApp::spawn();
-    let rules = allow_frontend();
-    let pair = start_pair(&ids, &[Route::http("backend", app.addr, &rules)]);
+    let (ids, app, pair) = echo_pair(&[]);
     let out = pair.out_ports[0];
     let body = "x".repeat(1000);
 
@@ -408,10 +415,7 @@ fn forged_xfcc_is_removed_and_xfcc_false_sets_none() {
 /// one client connection (one `src` in its records) and the inbound one pooled connection.
 #[test]
 fn two_hundred_keepalive_requests_reuse_one_connection() {
-    let ids = ids();
-    let app = HttpApp::spawn();
-    let rules = allow_frontend();
-    let pair = start_pair(&ids, &[Route::http("backend", app.addr, &rules)]);
+    let (_ids, app, pair) = echo_pair(&[]);
     let urls: Vec<String> = (0..200)
         .map(|i| format!("http://127.0.0.1:{}/ka/{i}", pair.out_ports[0]))
         .collect();
@@ -468,10 +472,7 @@ fn concurrent_requests_share_one_sidecar_to_sidecar_connection() {
     use http_body_util::{BodyExt as _, Empty};
     use hyper_util::rt::TokioIo;
 
-    let ids = ids();
-    let app = HttpApp::spawn();
-    let rules = allow_frontend();
-    let pair = start_pair(&ids, &[Route::http("backend", app.addr, &rules)]);
+    let (_ids, app, pair) = echo_pair(&[]);
     let out = pair.out_ports[0];
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -877,10 +878,7 @@ fn a_host_header_cannot_change_the_path_the_policy_saw() {
 /// hidden in a body ever reaches the app.
 #[test]
 fn request_smuggling_is_refused() {
-    let ids = ids();
-    let app = HttpApp::spawn();
-    let rules = allow_frontend();
-    let pair = start_pair(&ids, &[Route::http("backend", app.addr, &rules)]);
+    let (_ids, app, pair) = echo_pair(&[]);
     let out = pair.out_ports[0];
     let inner = |n: u32| format!("GET /smuggled-{n} HTTP/1.1\r\nHost: a\r\n\r\n");
 
@@ -1220,10 +1218,7 @@ fn a_slow_or_lowercase_request_on_an_auto_listener_still_meets_the_http_rules() 
 #[test]
 fn a_split_h2c_preface_still_gets_http2() {
     use std::io::{Read, Write};
-    let ids = ids();
-    let app = HttpApp::spawn();
-    let rules = allow_frontend();
-    let pair = start_pair(&ids, &[Route::http("backend", app.addr, &rules)]);
+    let (_ids, _app, pair) = echo_pair(&[]);
     let out = pair.out_ports[0];
 
     let mut tcp = std::net::TcpStream::connect(local(out)).unwrap();
@@ -1250,14 +1245,7 @@ fn a_split_h2c_preface_still_gets_http2() {
 /// HTTP/2 link and the app pool still serve many concurrent HTTP/1.1 and h2c requests.
 #[test]
 fn one_worker_serves_concurrent_requests_on_both_hops() {
-    let ids = ids();
-    let app = HttpApp::spawn();
-    let rules = allow_frontend();
-    let pair = start_pair_with(
-        &ids,
-        &[Route::http("backend", app.addr, &rules)],
-        &["--workers", "1"],
-    );
+    let (_ids, app, pair) = echo_pair(&["--workers", "1"]);
     let out = pair.out_ports[0];
     let threads: Vec<_> = (0..8)
         .map(|i| {
@@ -1308,10 +1296,7 @@ fn sockets_to(port: u16, state: &str) -> usize {
 /// concurrency, which a too-small idle pool would cause).
 #[test]
 fn repeated_bursts_reuse_app_connections() {
-    let ids = ids();
-    let app = HttpApp::spawn();
-    let rules = allow_frontend();
-    let pair = start_pair(&ids, &[Route::http("backend", app.addr, &rules)]);
+    let (_ids, app, pair) = echo_pair(&[]);
     let out = pair.out_ports[0];
     let wave = |w: usize| {
         let threads: Vec<_> = (0..64)

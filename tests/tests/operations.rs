@@ -27,6 +27,40 @@ fn tcp_inbound(name: &str, port: u16, forward: std::net::SocketAddr, extra: &str
     )
 }
 
+/// A tcp inbound ward for the echo app with `drain_timeout` set to `drain`, admitting the
+/// frontend, and the frontend's outbound to it.
+struct DrainPair {
+    inbound: Ward,
+    /// The inbound's port, and the outbound's.
+    port: u16,
+    out: u16,
+    _outbound: Ward,
+    _held: (Pki, App),
+}
+
+fn drain_pair(drain: &str) -> DrainPair {
+    let pki = Pki::new("example.org");
+    let backend = pki.issue("backend", BACKEND);
+    let frontend = pki.issue("frontend", FRONTEND);
+    let app = App::echo();
+    let port = free_port();
+    let body = format!(
+        "{}drain_timeout: {drain}\ninbound:\n{}policies:\n{}",
+        identity_yaml(&backend, &[]),
+        tcp_inbound("backend", port, app.addr, ""),
+        policy("backend", &[("frontend", FRONTEND)])
+    );
+    let inbound = Ward::start(&body, &[port]);
+    let (outbound, out) = start_outbound(&frontend, port, BACKEND, &[]);
+    DrainPair {
+        inbound,
+        port,
+        out,
+        _outbound: outbound,
+        _held: (pki, app),
+    }
+}
+
 /// A policy allowing each `(rule, id)`; `default: deny`.
 fn policy(name: &str, allow: &[(&str, &str)]) -> String {
     let mut y = format!("  {name}:\n    default: deny\n    rules:\n");
@@ -618,19 +652,14 @@ fn sigterm_finishes_the_request_in_flight_serves_nothing_new_and_exits_0() {
 /// at exit, instead of being refused at once.
 #[test]
 fn a_draining_listener_refuses_new_connections_at_once() {
-    let pki = Pki::new("example.org");
-    let backend = pki.issue("backend", BACKEND);
-    let frontend = pki.issue("frontend", FRONTEND);
-    let app = App::echo();
-    let port = free_port();
-    let body = format!(
-        "{}drain_timeout: 3s\ninbound:\n{}policies:\n{}",
-        identity_yaml(&backend, &[]),
-        tcp_inbound("backend", port, app.addr, ""),
-        policy("backend", &[("frontend", FRONTEND)])
-    );
-    let mut inbound = Ward::start(&body, &[port]);
-    let (_outbound, out) = start_outbound(&frontend, port, BACKEND, &[]);
+    // Named `_` bindings, not `..`, keep the outbound ward and the app to the test's end.
+    let DrainPair {
+        mut inbound,
+        port,
+        out,
+        _outbound,
+        _held,
+    } = drain_pair("3s");
     // An open connection keeps the drain going.
     let _live = open_live(out, b"hold the drain open\n");
     inbound.signal("TERM");
@@ -701,19 +730,13 @@ fn sigterm_on_the_inbound_lets_the_http2_stream_in_flight_finish() {
 /// opaque TCP connection keeps working during the drain until then.
 #[test]
 fn drain_timeout_closes_the_rest_and_still_exits_0() {
-    let pki = Pki::new("example.org");
-    let backend = pki.issue("backend", BACKEND);
-    let frontend = pki.issue("frontend", FRONTEND);
-    let app = App::echo();
-    let port = free_port();
-    let body = format!(
-        "{}drain_timeout: 1s\ninbound:\n{}policies:\n{}",
-        identity_yaml(&backend, &[]),
-        tcp_inbound("backend", port, app.addr, ""),
-        policy("backend", &[("frontend", FRONTEND)])
-    );
-    let mut inbound = Ward::start(&body, &[port]);
-    let (_outbound, out) = start_outbound(&frontend, port, BACKEND, &[]);
+    let DrainPair {
+        mut inbound,
+        out,
+        _outbound,
+        _held,
+        port: _,
+    } = drain_pair("1s");
     let mut live = open_live(out, b"before\n");
 
     let term = Instant::now();
