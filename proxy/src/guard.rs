@@ -169,7 +169,8 @@ pin_project_lite::pin_project! {
         last: Option<Arc<AtomicU64>>,
         start: Instant,
         tally: Option<(Counter, Counter)>,
-        bytes: Arc<[AtomicU64; 2]>,
+        // Some: the totals each way, for a [`counted`] stream's owner.
+        bytes: Option<Arc<[AtomicU64; 2]>>,
     }
 }
 
@@ -178,18 +179,9 @@ pin_project_lite::pin_project! {
 pub struct Activity {
     last: Arc<AtomicU64>,
     start: Instant,
-    bytes: Arc<[AtomicU64; 2]>,
 }
 
 impl Activity {
-    /// Bytes read from and written to the stream so far.
-    pub fn bytes(&self) -> (u64, u64) {
-        (
-            self.bytes[0].load(Ordering::Relaxed),
-            self.bytes[1].load(Ordering::Relaxed),
-        )
-    }
-
     /// Resolves once nothing was read or written for `idle`.
     pub async fn idle_for(&self, idle: Duration) {
         let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
@@ -207,15 +199,16 @@ impl Activity {
 /// Wraps `inner`; the [`Activity`] tells how long it has been quiet. With `tally`, bytes read
 /// are added to the first counter and bytes written to the second.
 pub fn metered<S>(inner: S, tally: Option<(Counter, Counter)>) -> (Metered<S>, Activity) {
-    let (mut m, bytes) = counted(inner, tally);
+    let start = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
-    m.last = Some(last.clone());
-    let activity = Activity {
-        last,
-        start: m.start,
-        bytes: bytes.0,
+    let m = Metered {
+        inner,
+        last: Some(last.clone()),
+        start,
+        tally,
+        bytes: None,
     };
-    (m, activity)
+    (m, Activity { last, start })
 }
 
 /// The byte counts of a [`counted`] stream.
@@ -241,7 +234,7 @@ pub fn counted<S>(inner: S, tally: Option<(Counter, Counter)>) -> (Metered<S>, B
             last: None,
             start: Instant::now(),
             tally,
-            bytes: bytes.clone(),
+            bytes: Some(bytes.clone()),
         },
         ByteCount(bytes),
     )
@@ -252,13 +245,15 @@ impl<S> Metered<S> {
         last: Option<&Arc<AtomicU64>>,
         start: Instant,
         counter: Option<&Counter>,
-        total: &AtomicU64,
+        total: Option<&AtomicU64>,
         n: usize,
     ) {
         if let Some(last) = last {
             last.store(now_ms(start), Ordering::Relaxed);
         }
-        total.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(total) = total {
+            total.fetch_add(n as u64, Ordering::Relaxed);
+        }
         if let Some(c) = counter {
             c.inc_by(n as u64);
         }
@@ -276,7 +271,7 @@ impl<S: AsyncRead> AsyncRead for Metered<S> {
                 this.last.as_ref(),
                 *this.start,
                 this.tally.as_ref().map(|t| &t.0),
-                &this.bytes[0],
+                this.bytes.as_ref().map(|b| &b[0]),
                 n,
             );
         }
@@ -293,7 +288,7 @@ impl<S: AsyncWrite> AsyncWrite for Metered<S> {
                 this.last.as_ref(),
                 *this.start,
                 this.tally.as_ref().map(|t| &t.1),
-                &this.bytes[1],
+                this.bytes.as_ref().map(|b| &b[1]),
                 n,
             );
         }
@@ -320,7 +315,7 @@ impl<S: AsyncWrite> AsyncWrite for Metered<S> {
                 this.last.as_ref(),
                 *this.start,
                 this.tally.as_ref().map(|t| &t.1),
-                &this.bytes[1],
+                this.bytes.as_ref().map(|b| &b[1]),
                 n,
             );
         }
