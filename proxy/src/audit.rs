@@ -145,6 +145,16 @@ impl ConnInfo {
         r
     }
 
+    /// A connection that ended before `who` (the peer, the app) sent a byte.
+    pub fn silent(&self, who: &str, duration: Duration) -> Record {
+        self.access(
+            &format!("silent: the {who} sent nothing"),
+            Some(0),
+            Some(0),
+            duration,
+        )
+    }
+
     /// The end of a forwarded connection. `bytes_in` is what the accepting side sent (peer → app
     /// inbound, app → peer outbound); unknown (null) when the connection ended in an error.
     pub fn access(

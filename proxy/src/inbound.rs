@@ -259,12 +259,7 @@ async fn serve_detected<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     if detected == Detected::Silent {
-        shared.record(&info.access(
-            "silent: the peer sent nothing",
-            Some(0),
-            Some(0),
-            started.elapsed(),
-        ));
+        shared.record(&info.silent("peer", started.elapsed()));
         return;
     }
     let Some(policy) = shared.policy(&ib.name, target.port) else {

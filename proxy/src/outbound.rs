@@ -271,12 +271,7 @@ async fn handle(
         }
     };
     if detected == Detected::Silent {
-        shared.record(&info.access(
-            "silent: the app sent nothing",
-            Some(0),
-            Some(0),
-            started.elapsed(),
-        ));
+        shared.record(&info.silent("app", started.elapsed()));
         return;
     }
     if detected != Detected::Opaque {
