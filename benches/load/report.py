@@ -118,12 +118,12 @@ def collect(raw):
             r = parse_h2load(text)
         elif scenario == "bulk":
             r = parse_bulk(text, int(meta.get("bulk_mib", "0")) * 1024 * 1024)
-        elif scenario == "cpu":
-            # CPU ticks (user + system) of each side over the 32-connection keep-alive run
+        elif scenario.startswith("cpu-"):
+            # CPU ticks (user, system) of each side of a pair over the run `cpu-<scenario>`
             parts = (text or "").split()
             r = {"error": text or "no output"}
-            if len(parts) == 3:
-                r = {"out_ticks": int(parts[0]), "in_ticks": int(parts[1]), "clk_tck": int(parts[2])}
+            if len(parts) == 5:
+                r = dict(zip(("out_user", "out_sys", "in_user", "in_sys", "clk_tck"), map(int, parts)))
         elif scenario == "idle":
             parts = (text or "").split()
             if len(parts) == 5:
@@ -199,26 +199,38 @@ def build(meta, res, rss):
         return {t: (get(res, scn, t, key) - d if get(res, scn, t, key) is not None and d is not None else None)
                 for t in PROXIES}
 
+    def cpu_per_request(scn, t, kinds=("user", "sys")):
+        c, n = res.get("cpu-" + scn, {}).get(t), get(res, scn, t, "requests")
+        if not c or "error" in c or not n:
+            return None
+        ticks = sum(c[f"{side}_{k}"] for side in ("out", "in") for k in kinds)
+        return ticks * 1e6 / c["clk_tck"] / n
+
+    cpu_note = ("time of the outbound and inbound processes during the run, divided by the requests "
+                "served (clock ticks, so ±1 tick per process)")
     vals = {t: get(res, "ka1", t, "rps") for t in TARGETS}
     row("HTTP/1.1 keep-alive, 1 conn: req/s", vals, chart_label="keep-alive 1 conn req/s")
     row("… 1 conn: p50 latency (µs)", {t: get(res, "ka1", t, "p50_us") for t in TARGETS}, better="lower")
     row("… 1 conn: p99 latency (µs)", {t: get(res, "ka1", t, "p99_us") for t in TARGETS}, better="lower")
     row("… 1 conn: p50 added over direct (µs)", lat_added("ka1", "p50_us"), better="lower",
         chart_label="latency added (1 conn p50)")
+    row("… 1 conn: CPU per request in user space, both proxies (µs)",
+        {t: cpu_per_request("ka1", t, ("user",)) for t in PROXIES}, 1, better="lower", note="user " + cpu_note)
+    row("… 1 conn: CPU per request in the kernel, both proxies (µs)",
+        {t: cpu_per_request("ka1", t, ("sys",)) for t in PROXIES}, 1, better="lower",
+        note="system " + cpu_note + "; on loopback this includes delivering each write to the reader")
     row("HTTP/1.1 keep-alive, 32 conns: req/s", {t: get(res, "ka32", t, "rps") for t in TARGETS},
         chart_label="keep-alive 32 conns req/s")
     row("… 32 conns: p50 latency (µs)", {t: get(res, "ka32", t, "p50_us") for t in TARGETS}, better="lower")
     row("… 32 conns: p99 latency (µs)", {t: get(res, "ka32", t, "p99_us") for t in TARGETS}, better="lower")
-    def cpu_per_request(t):
-        c, w = res.get("cpu", {}).get(t), get(res, "ka32", t, "requests")
-        if not c or "error" in c or not w:
-            return None
-        return (c["out_ticks"] + c["in_ticks"]) * 1e6 / c["clk_tck"] / w
-
-    row("… 32 conns: CPU per request, both proxies (µs)", {t: cpu_per_request(t) for t in PROXIES}, 1,
-        better="lower", chart_label="CPU per request (32 conns)",
-        note="user + system time of the outbound and inbound processes during the 32-connection run, "
-             "divided by the requests served (clock ticks, so ±1 tick per process)")
+    row("… 32 conns: CPU per request, both proxies (µs)", {t: cpu_per_request("ka32", t) for t in PROXIES}, 1,
+        better="lower", chart_label="CPU per request (32 conns)", note="user + system " + cpu_note)
+    row("HTTP/1.1 keep-alive, 32 conns, tcp-mode pairs: req/s",
+        {"direct": get(res, "ka32", "direct", "rps"), **{t: get(res, "ka32tcp", t, "rps") for t in ("ward", "haproxy")}},
+        note="the same load through the pairs' tcp listeners: mTLS and the identity check per connection, "
+             "bytes relayed with no HTTP work (nginx has no tcp pair here)")
+    row("… tcp mode: CPU per request, both proxies (µs)", {t: cpu_per_request("ka32tcp", t) for t in ("ward", "haproxy")},
+        1, better="lower", note="user + system " + cpu_note)
     row("new conn per request, full handshake: conn/s", {t: get(res, "newconn_full", t, "rps") for t in TARGETS},
         chart_label="new conns/s vs full handshake",
         note="ward: tcp pair, one mTLS connection per client connection (resumption is ward's own choice); "

@@ -300,8 +300,9 @@ proc_sum() { # pid file awk-program: the program's number from /proc/PID/file, s
 rss_kib() { proc_sum "$1" status '/^VmRSS:/ {print $2}'; }
 # RssAnon: heap and stacks, memory no other process shares
 anon_kib() { proc_sum "$1" status '/^RssAnon:/ {print $2}'; }
-# user + system clock ticks
-cpu_ticks() { proc_sum "$1" stat '{print $14 + $15}'; }
+# user and system clock ticks
+user_ticks() { proc_sum "$1" stat '{print $14}'; }
+sys_ticks() { proc_sum "$1" stat '{print $15}'; }
 record_rss() { # phase
     local t side
     for t in "${PROXIES[@]}"; do
@@ -349,16 +350,26 @@ run_wrk() { # scenario target port conns threads [extra wrk args]
         "$(grep -o 'Requests/sec: *[0-9.]*' "$RUN/out/${scenario}__${target}.txt" || echo failed)" >&2
 }
 
-log "HTTP/1.1 keep-alive, 1 connection (${SECS}s each)"
-for t in "${TARGETS[@]}"; do run_wrk ka1 "$t" "${H1[$t]}" 1 1; done
+run_wrk_cpu() { # scenario target port conns threads: run_wrk, and the CPU the pair spent on it
+    local scenario=$1 t=$2 u0 s0 u1 s1 uo ui so si Uo Ui So Si
+    if [[ $t == direct ]]; then run_wrk "$@"; return; fi
+    u0="$(user_ticks "${PID[$t-out]}") $(user_ticks "${PID[$t-in]}")"
+    s0="$(sys_ticks "${PID[$t-out]}") $(sys_ticks "${PID[$t-in]}")"
+    run_wrk "$@"
+    u1="$(user_ticks "${PID[$t-out]}") $(user_ticks "${PID[$t-in]}")"
+    s1="$(sys_ticks "${PID[$t-out]}") $(sys_ticks "${PID[$t-in]}")"
+    # out_user out_sys in_user in_sys ticks_per_second
+    read -r uo ui <<< "$u0"; read -r so si <<< "$s0"
+    read -r Uo Ui <<< "$u1"; read -r So Si <<< "$s1"
+    echo "$((Uo - uo)) $((So - so)) $((Ui - ui)) $((Si - si)) $(getconf CLK_TCK)" > "$RUN/out/cpu-${scenario}__$t.txt"
+}
+
+log "HTTP/1.1 keep-alive, 1 connection (${SECS}s each; and the CPU each pair spends per request)"
+for t in "${TARGETS[@]}"; do run_wrk_cpu ka1 "$t" "${H1[$t]}" 1 1; done
 log "HTTP/1.1 keep-alive, 32 connections (and the CPU each pair spends per request)"
-for t in "${TARGETS[@]}"; do
-    if [[ $t == direct ]]; then run_wrk ka32 "$t" "${H1[$t]}" 32 2; continue; fi
-    out0=$(cpu_ticks "${PID[$t-out]}"); in0=$(cpu_ticks "${PID[$t-in]}")
-    run_wrk ka32 "$t" "${H1[$t]}" 32 2
-    echo "$(($(cpu_ticks "${PID[$t-out]}") - out0)) $(($(cpu_ticks "${PID[$t-in]}") - in0)) $(getconf CLK_TCK)" \
-        > "$RUN/out/cpu__$t.txt"
-done
+for t in "${TARGETS[@]}"; do run_wrk_cpu ka32 "$t" "${H1[$t]}" 32 2; done
+log "HTTP/1.1 keep-alive, 32 connections through the tcp-mode pairs (no HTTP work in the proxies)"
+for t in ward haproxy; do run_wrk_cpu ka32tcp "$t" "${FULL[$t]}" 32 2; done
 log "a new connection per request, full handshake between the sidecars"
 for t in "${TARGETS[@]}"; do run_wrk newconn_full "$t" "${FULL[$t]}" 16 2 -H 'Connection: close'; done
 log "a new connection per request, TLS session resumption between the sidecars"
