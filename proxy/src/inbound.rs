@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::time::{Duration, Instant};
 
-use http::{Request, StatusCode};
+use http::{HeaderValue, Request, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -116,8 +116,10 @@ impl Inbound {
 #[derive(Clone)]
 struct PeerCtx {
     id: Option<SpiffeId>,
-    /// Hex SHA-256 of the peer's leaf, for XFCC.
-    leaf_sha256: Option<String>,
+    /// The XFCC header value for the app (when the listener sets it): who this ward was in
+    /// the handshake, the peer's leaf hash and ID. Made once per connection; each request
+    /// clones it (a reference count).
+    xfcc: Option<HeaderValue>,
     chain: Option<PeerChain>,
 }
 
@@ -158,7 +160,7 @@ async fn handle(ib: Arc<Inbound>, shared: Arc<Shared>, tcp: TcpStream, src: Sock
     if ib.spec.mtls == Mtls::Permissive && !looks_like_tls(&tcp, ib.handshake_timeout).await {
         let plain = PeerCtx {
             id: None,
-            leaf_sha256: None,
+            xfcc: None,
             chain: None,
         };
         let detected = match target.protocol {
@@ -217,7 +219,17 @@ async fn handle(ib: Arc<Inbound>, shared: Arc<Shared>, tcp: TcpStream, src: Sock
     };
     let ctx = PeerCtx {
         id: Some(peer.id.clone()),
-        leaf_sha256: ib.spec.xfcc.then(|| h::cert_sha256(leaf)),
+        xfcc: ib
+            .spec
+            .xfcc
+            .then(|| {
+                h::xfcc_value(
+                    tls.identity.id().as_str(),
+                    &h::cert_sha256(leaf),
+                    peer.id.as_str(),
+                )
+            })
+            .flatten(),
         chain: Some(PeerChain::new(certs)),
     };
     info.peer_id = Some(peer.id.shared());
@@ -318,6 +330,7 @@ async fn serve_detected<S>(
         None => AppClient::new(target.forward, shared.settings.load().connect_timeout),
     };
     let info = Arc::new(info);
+    let ctx = Arc::new(ctx);
     let service = {
         let (ib, shared, info) = (ib.clone(), shared.clone(), info.clone());
         let target = Arc::new(target);
@@ -350,7 +363,7 @@ async fn request(
     ib: Arc<Inbound>,
     shared: Arc<Shared>,
     info: Arc<ConnInfo>,
-    ctx: PeerCtx,
+    ctx: Arc<PeerCtx>,
     target: Arc<Target>,
     app: AppClient,
     req: Request<Incoming>,
@@ -397,12 +410,8 @@ async fn request(
     let (mut parts, body) = req.into_parts();
     h::strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(&h::XFCC);
-    if let (true, Some(id), Some(hash)) = (ib.spec.xfcc, &ctx.id, &ctx.leaf_sha256) {
-        let tls = shared.store.current();
-        let by = tls.as_ref().map_or("", |t| t.identity.id().as_str());
-        if let Some(v) = h::xfcc_value(by, hash, id.as_str()) {
-            parts.headers.insert(h::XFCC.clone(), v);
-        }
+    if let Some(v) = &ctx.xfcc {
+        parts.headers.insert(h::XFCC.clone(), v.clone());
     }
     let host = authority.unwrap_or_else(|| target.forward.to_string());
     let Some(uri) = h::absolute_uri(&host, &path, parts.uri.query()) else {
