@@ -122,8 +122,9 @@ def collect(raw):
             # CPU ticks (user, system) of each side of a pair over the run `cpu-<scenario>`
             parts = (text or "").split()
             r = {"error": text or "no output"}
-            if len(parts) == 5:
-                r = dict(zip(("out_user", "out_sys", "in_user", "in_sys", "clk_tck"), map(int, parts)))
+            if len(parts) == 7:
+                r = dict(zip(("out_user", "out_sys", "in_user", "in_sys", "clk_tck", "machine_idle",
+                              "machine_total"), map(int, parts)))
         elif scenario == "idle":
             parts = (text or "").split()
             if len(parts) == 5:
@@ -225,6 +226,15 @@ def build(meta, res, rss):
     row("… 32 conns: p99 latency (µs)", {t: get(res, "ka32", t, "p99_us") for t in TARGETS}, better="lower")
     row("… 32 conns: CPU per request, both proxies (µs)", {t: cpu_per_request("ka32", t) for t in PROXIES}, 1,
         better="lower", chart_label="CPU per request (32 conns)", note="user + system " + cpu_note)
+    def idle_pct(scn, t):
+        c = res.get("cpu-" + scn, {}).get(t)
+        if not c or "error" in c or not c["machine_total"]:
+            return None
+        return 100 * c["machine_idle"] / c["machine_total"]
+
+    row("… 32 conns: CPUs idle during the run (%)", {t: idle_pct("ka32", t) for t in PROXIES}, better="lower",
+        note="idle time of the whole machine (/proc/stat) while wrk ran: what the load generator, the app "
+             "and the pair left unused")
     row("HTTP/1.1 keep-alive, 32 conns, tcp-mode pairs: req/s",
         {"direct": get(res, "ka32", "direct", "rps"), **{t: get(res, "ka32tcp", t, "rps") for t in ("ward", "haproxy")}},
         note="the same load through the pairs' tcp listeners: mTLS and the identity check per connection, "

@@ -303,6 +303,8 @@ anon_kib() { proc_sum "$1" status '/^RssAnon:/ {print $2}'; }
 # user and system clock ticks
 user_ticks() { proc_sum "$1" stat '{print $14}'; }
 sys_ticks() { proc_sum "$1" stat '{print $15}'; }
+# the machine's idle (idle + iowait) and total clock ticks, from /proc/stat's `cpu` line
+machine_ticks() { awk '/^cpu / {t = 0; for (i = 2; i <= NF; i++) t += $i; print $5 + $6, t}' /proc/stat; }
 record_rss() { # phase
     local t side
     for t in "${PROXIES[@]}"; do
@@ -351,17 +353,20 @@ run_wrk() { # scenario target port conns threads [extra wrk args]
 }
 
 run_wrk_cpu() { # scenario target port conns threads: run_wrk, and the CPU the pair spent on it
-    local scenario=$1 t=$2 u0 s0 u1 s1 uo ui so si Uo Ui So Si
+    local scenario=$1 t=$2 u0 s0 u1 s1 uo ui so si Uo Ui So Si idle0 all0 idle1 all1
     if [[ $t == direct ]]; then run_wrk "$@"; return; fi
     u0="$(user_ticks "${PID[$t-out]}") $(user_ticks "${PID[$t-in]}")"
     s0="$(sys_ticks "${PID[$t-out]}") $(sys_ticks "${PID[$t-in]}")"
+    read -r idle0 all0 < <(machine_ticks)
     run_wrk "$@"
+    read -r idle1 all1 < <(machine_ticks)
     u1="$(user_ticks "${PID[$t-out]}") $(user_ticks "${PID[$t-in]}")"
     s1="$(sys_ticks "${PID[$t-out]}") $(sys_ticks "${PID[$t-in]}")"
-    # out_user out_sys in_user in_sys ticks_per_second
+    # out_user out_sys in_user in_sys ticks_per_second machine_idle machine_total
     read -r uo ui <<< "$u0"; read -r so si <<< "$s0"
     read -r Uo Ui <<< "$u1"; read -r So Si <<< "$s1"
-    echo "$((Uo - uo)) $((So - so)) $((Ui - ui)) $((Si - si)) $(getconf CLK_TCK)" > "$RUN/out/cpu-${scenario}__$t.txt"
+    echo "$((Uo - uo)) $((So - so)) $((Ui - ui)) $((Si - si)) $(getconf CLK_TCK) $((idle1 - idle0)) $((all1 - all0))" \
+        > "$RUN/out/cpu-${scenario}__$t.txt"
 }
 
 log "HTTP/1.1 keep-alive, 1 connection (${SECS}s each; and the CPU each pair spends per request)"
