@@ -327,7 +327,7 @@ def markdown(meta, rows, targets, problems):
                f"{meta.get('os', '?')}; load average at the end {meta.get('loadavg', '?')}.")
     out.append(f"Run: `benches/load/run.sh{' --quick' if meta.get('mode') == 'quick' else ''}` "
                f"({meta.get('mode')}, {meta.get('secs')} s per measurement; haproxy and nginx: {meta.get('threads')} "
-               f"threads/processes each, ward: --workers {meta.get('ward_workers', meta.get('threads'))}); ward {meta.get('ward', '?')} ({meta.get('ward_commit', '?')}), "
+               f"threads/processes each, ward: --workers {meta.get('ward_workers', meta.get('threads'))}{'; every pair pinned, outbound on CPU 0, inbound on CPU 1' if meta.get('pinned') == '1' else ''}); ward {meta.get('ward', '?')} ({meta.get('ward_commit', '?')}), "
                f"haproxy {meta.get('haproxy', '?')}, nginx {meta.get('nginx', '?')} + njs, "
                f"OpenSSL {meta.get('openssl', '?')}, wrk {meta.get('wrk', '?')}, h2load {meta.get('h2load', '?')}.")
     out.append("")
@@ -422,7 +422,8 @@ def report(args):
     os.makedirs(args.out, exist_ok=True)
     doc = {
         "machine": {k: meta.get(k) for k in ("nproc", "cpu", "kernel", "os", "mem_total_kib", "loadavg")},
-        "run": {k: meta.get(k) for k in ("mode", "secs", "threads", "ward_workers", "idle_conns", "bulk_mib")},
+        "run": {k: meta.get(k) for k in ("mode", "secs", "threads", "ward_workers", "pinned", "idle_conns",
+                                         "bulk_mib")},
         "versions": {k: meta.get(k) for k in ("ward", "ward_commit", "haproxy", "nginx", "openssl", "wrk", "h2load")},
         "results": res,
         "rss_kib": rss,

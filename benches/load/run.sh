@@ -13,7 +13,8 @@
 #
 # Settings (environment): WARD_BENCH_PORT_BASE, WARD_BENCH_THREADS (haproxy's threads and
 # nginx's worker processes, default 2), WARD_BENCH_WARD_WORKERS (ward's `--workers`, default 1,
-# ward's default), WARD_BENCH_SECS (seconds per measurement),
+# ward's default), WARD_BENCH_PIN=1 (pin every pair's outbound process to CPU 0 and its
+# inbound to CPU 1; the load generator and the app stay free), WARD_BENCH_SECS (seconds per measurement),
 # WARD_BENCH_IDLE_CONNS, WARD_BENCH_BULK_MIB, WARD_BENCH_NO_INSTALL=1 (never apt-get),
 # WARD_BENCH_SKIP_BUILD=1 (use target/release/ward as it is), WARD_BENCH_AUDIT=file (keep
 # ward's audit records in target/bench/run/logs instead of writing them to /dev/null).
@@ -41,6 +42,7 @@ fi
 THREADS=${WARD_BENCH_THREADS:-2}
 # ward's own worker threads (default: ward's default, 1; haproxy and nginx get $THREADS).
 WARD_WORKERS=${WARD_BENCH_WARD_WORKERS:-1}
+PIN=${WARD_BENCH_PIN:-0}
 BASE=${WARD_BENCH_PORT_BASE:-19100}
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
@@ -265,6 +267,18 @@ declare -A FULL=([direct]=$P_APP [ward]=$P_W_OUT_TCP [haproxy]=$P_HA_TCP_FULL [n
 declare -A RESUME=([ward]=$P_W_OUT_TCP [haproxy]=$P_HA_TCP_RESUME [nginx]=$P_NG_RESUME)
 declare -A BULK=([direct]=$P_APP [ward]=$P_W_OUT_TCP [haproxy]=$P_HA_TCP_RESUME [nginx]=$P_NG_H1)
 PROXIES=(ward haproxy nginx)
+
+pin() { # pid cpu: every thread of the process and of its children (nginx's workers)
+    local p
+    for p in "$1" $(pgrep -P "$1" 2>/dev/null); do
+        taskset -a -p -c "$2" "$p" > /dev/null || die "cannot pin process $p to CPU $2"
+    done
+}
+if [[ $PIN == 1 ]]; then
+    (( $(nproc) >= 2 )) || die "WARD_BENCH_PIN=1 needs 2 CPUs or more"
+    log "pinning each pair: outbound on CPU 0, inbound on CPU 1"
+    for t in "${PROXIES[@]}"; do pin "${PID[$t-out]}" 0; pin "${PID[$t-in]}" 1; done
+fi
 TARGETS=(direct ward haproxy nginx)
 
 # Each inbound side must admit the client's SVID and refuse another SPIFFE ID from the same CA.
@@ -409,6 +423,7 @@ record_rss after_load
     echo "secs=$SECS"
     echo "threads=$THREADS"
     echo "ward_workers=$WARD_WORKERS"
+    echo "pinned=$PIN"
     echo "idle_conns=$IDLE_CONNS"
     echo "bulk_mib=$BULK_MIB"
     echo "nproc=$(nproc)"
