@@ -12,8 +12,8 @@
 # starts is stopped on exit. What each measurement means: benches/load/README.md.
 #
 # Settings (environment): WARD_BENCH_PORT_BASE, WARD_BENCH_THREADS (haproxy's threads and
-# nginx's worker processes, default 2), WARD_BENCH_WARD_WORKERS (ward's `--workers`, default 1,
-# ward's default), WARD_BENCH_PIN=1 (pin every pair's outbound process to CPU 0 and its
+# nginx's worker processes, default 2), WARD_BENCH_WARD_WORKERS (ward's `--workers`, default:
+# the same as WARD_BENCH_THREADS), WARD_BENCH_PIN=1 (pin every pair's outbound process to CPU 0 and its
 # inbound to CPU 1; the load generator and the app stay free), WARD_BENCH_SECS (seconds per measurement),
 # WARD_BENCH_IDLE_CONNS, WARD_BENCH_BULK_MIB, WARD_BENCH_NO_INSTALL=1 (never apt-get),
 # WARD_BENCH_SKIP_BUILD=1 (use target/release/ward as it is), WARD_BENCH_AUDIT=file (keep
@@ -40,8 +40,8 @@ else
     BULK_MIB=${WARD_BENCH_BULK_MIB:-1024}; BULK_REPS=3; MODE=full
 fi
 THREADS=${WARD_BENCH_THREADS:-2}
-# ward's own worker threads (default: ward's default, 1; haproxy and nginx get $THREADS).
-WARD_WORKERS=${WARD_BENCH_WARD_WORKERS:-1}
+# ward's worker threads: as many as haproxy's threads and nginx's workers.
+WARD_WORKERS=${WARD_BENCH_WARD_WORKERS:-$THREADS}
 PIN=${WARD_BENCH_PIN:-0}
 BASE=${WARD_BENCH_PORT_BASE:-19100}
 

@@ -27,9 +27,10 @@ pub enum Command {
         /// The config file.
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
-        /// Runtime worker threads. The default, 1, serves every connection on one thread with no
-        /// cross-thread wakeups (about a fifth less CPU per request and lower latency than 2, at
-        /// most one core); give a busy service's sidecar 2 or more.
+        /// Worker threads. The default, 1, serves every connection on the main thread's event
+        /// loop (at most one core). N > 1 starts N workers, each its own single-threaded event
+        /// loop with its own links to peers and pool to the app; each accepted connection goes
+        /// to the next worker in turn. Give a busy service's sidecar 2 or more.
         #[arg(long, env = "WARD_WORKERS", default_value_t = 1)]
         workers: usize,
     },

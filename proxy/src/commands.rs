@@ -64,20 +64,16 @@ pub fn init_logging(log: &LogConfig) {
     };
 }
 
+/// The main thread's event loop: with one worker it serves everything; with more it accepts,
+/// runs the admin server, reloads and identity, and hands each connection to a worker shard
+/// (`shards`), each a single-threaded event loop of its own.
 fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, String> {
-    // One worker: tokio's single-threaded scheduler (no work stealing, no cross-thread
-    // wakeups); the load harness measures it at about a fifth less CPU per request.
-    let mut b = if workers <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(workers);
-        b
-    };
-    b.thread_name("ward-worker")
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    crate::shards::start(workers)?;
+    Ok(rt)
 }
 
 fn run(path: &Path, workers: usize) -> Result<(), String> {

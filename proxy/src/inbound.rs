@@ -37,8 +37,8 @@ pub struct Inbound {
     pub name: Arc<str>,
     pub spec: InboundConfig,
     pub handshake_timeout: Duration,
-    /// Pooled connections to the app, for explicit listeners.
-    pub app: Option<AppClient>,
+    /// Pooled connections to the app, for explicit listeners: one pool per worker shard.
+    pub app: Option<Vec<AppClient>>,
     pub metrics: Arc<ListenerMetrics>,
     pub open: Arc<AtomicUsize>,
 }
@@ -73,7 +73,8 @@ pub async fn serve(
                         drop(tcp);
                         continue;
                     };
-                    tokio::spawn(handle(ib.clone(), shared.clone(), tcp, src, guard));
+                    let (ib, shared) = (ib.clone(), shared.clone());
+                    crate::shards::serve(tcp, move |tcp| handle(ib, shared, tcp, src, guard));
                 }
                 Err(e) => forward::accept_error(&ib.name, e).await,
             },
@@ -326,7 +327,7 @@ async fn serve_detected<S>(
         return;
     }
     let app = match &ib.app {
-        Some(app) => app.clone(),
+        Some(apps) => apps[crate::shards::current() % apps.len()].clone(),
         None => AppClient::new(target.forward, shared.settings.load().connect_timeout),
     };
     let info = Arc::new(info);

@@ -22,6 +22,7 @@ pub mod outbound;
 pub mod pool;
 pub mod reload;
 pub mod server;
+pub mod shards;
 pub mod shutdown;
 pub mod sniff;
 pub mod tls;

@@ -45,8 +45,9 @@ pub struct Outbound {
     routes: Vec<(Route, Arc<Expect>)>,
     pub metrics: Arc<ListenerMetrics>,
     pub open: Arc<AtomicUsize>,
-    /// One HTTP/2 connection per destination, shared by every request to it.
-    pools: Mutex<HashMap<SocketAddr, Arc<PeerPool>>>,
+    /// One HTTP/2 connection per destination and worker shard, shared by every request
+    /// of that shard to it (a shard never drives another's connections).
+    pools: Mutex<HashMap<(usize, SocketAddr), Arc<PeerPool>>>,
 }
 
 /// The identity a destination must prove, compiled once per listener, and how records name
@@ -146,7 +147,7 @@ impl Outbound {
         // listeners meet many destinations over a pod's life).
         pools.retain(|_, p| p.idle_for() < settings.idle_timeout);
         pools
-            .entry(addr)
+            .entry((crate::shards::current(), addr))
             .or_insert_with(|| {
                 Arc::new(PeerPool::new(
                     addr,
@@ -177,7 +178,8 @@ pub async fn serve(
                         drop(tcp);
                         continue;
                     };
-                    tokio::spawn(handle(ob.clone(), shared.clone(), tcp, src, guard));
+                    let (ob, shared) = (ob.clone(), shared.clone());
+                    crate::shards::serve(tcp, move |tcp| handle(ob, shared, tcp, src, guard));
                 }
                 Err(e) => forward::accept_error(&ob.name, e).await,
             },

@@ -220,9 +220,13 @@ fn launch(
                 name: Arc::from(name),
                 spec: c.clone(),
                 handshake_timeout: *ht,
-                app: c
-                    .forward
-                    .map(|f| AppClient::new(f, shared.settings.load().connect_timeout)),
+                // One app pool per worker shard: a shard never drives another's connections.
+                app: c.forward.map(|f| {
+                    let timeout = shared.settings.load().connect_timeout;
+                    (0..crate::shards::count())
+                        .map(|_| AppClient::new(f, timeout))
+                        .collect()
+                }),
                 metrics: Arc::new(shared.metrics.listener(name, Direction::Inbound)),
                 open: open.clone(),
             });

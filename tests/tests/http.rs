@@ -1241,11 +1241,49 @@ fn a_split_h2c_preface_still_gets_http2() {
     pair.outbound.assert_no_panic();
 }
 
-/// `--workers 1` runs each ward on tokio's single-threaded scheduler: both hops, the pooled
+/// `--workers 1` runs each ward on one single-threaded event loop: both hops, the pooled
 /// HTTP/2 link and the app pool still serve many concurrent HTTP/1.1 and h2c requests.
 #[test]
 fn one_worker_serves_concurrent_requests_on_both_hops() {
     let (_ids, app, pair) = echo_pair(&["--workers", "1"]);
+    concurrent_http_through(&app, &pair);
+    for ward in [&pair.inbound, &pair.outbound] {
+        assert!(
+            worker_run_times(ward).is_empty(),
+            "one worker needs no worker threads"
+        );
+    }
+}
+
+/// `--workers 2`: each ward hands its connections to two worker threads, each its own event
+/// loop with its own links and app pool. Both workers of both wards serve (the outbound's
+/// two links to the inbound land on different workers there), and SIGTERM still drains and
+/// exits cleanly.
+#[test]
+fn two_workers_share_the_connections_and_drain() {
+    let (_ids, app, mut pair) = echo_pair(&["--workers", "2"]);
+    let before = [worker_run_times(&pair.inbound), worker_run_times(&pair.outbound)];
+    concurrent_http_through(&app, &pair);
+    let after = [worker_run_times(&pair.inbound), worker_run_times(&pair.outbound)];
+    for ((side, before), after) in ["inbound", "outbound"].iter().zip(before).zip(after) {
+        assert_eq!(after.len(), 2, "{side}: two worker threads, got {after:?}");
+        // An idle worker sleeps in epoll_wait and runs no time at all.
+        for ((name, t0), (_, t1)) in before.iter().zip(&after) {
+            assert!(t1 > t0, "{side}: {name} served no connection ({t0} -> {t1} ns)");
+        }
+    }
+    for ward in [&mut pair.outbound, &mut pair.inbound] {
+        ward.signal("TERM");
+        let status = ward
+            .wait_exit(Duration::from_secs(10))
+            .expect("ward exits after SIGTERM");
+        assert!(status.success(), "{status:?}");
+    }
+}
+
+/// 8 clients, half HTTP/1.1 and half h2c, 5 requests each, each on a new connection, through
+/// the pair; every request reaches the app and is recorded by the inbound.
+fn concurrent_http_through(app: &HttpApp, pair: &Pair) {
     let out = pair.out_ports[0];
     let threads: Vec<_> = (0..8)
         .map(|i| {
@@ -1270,6 +1308,30 @@ fn one_worker_serves_concurrent_requests_on_both_hops() {
     assert_eq!(requests(&pair.inbound, 40).len(), 40);
     pair.inbound.assert_no_panic();
     pair.outbound.assert_no_panic();
+}
+
+/// The `ward-worker-N` threads of a ward process and the CPU time each has run, in
+/// nanoseconds (`/proc/PID/task/TID/schedstat`).
+fn worker_run_times(ward: &Ward) -> Vec<(String, u64)> {
+    let tasks = format!("/proc/{}/task", ward.pid());
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&tasks).expect("read the task list") {
+        let dir = entry.expect("task entry").path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let comm = comm.trim();
+        if !comm.starts_with("ward-worker") {
+            continue;
+        }
+        let schedstat = std::fs::read_to_string(dir.join("schedstat")).unwrap_or_default();
+        let ns = schedstat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        out.push((comm.to_owned(), ns));
+    }
+    out.sort();
+    out
 }
 
 /// TCP connections (IPv4) in `state` (`/proc/net/tcp` hex: 01 established, 06 time-wait)
