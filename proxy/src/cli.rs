@@ -30,7 +30,7 @@ pub enum Command {
         /// Worker threads. The default, 1, serves every connection on the main thread's event
         /// loop (at most one core). N > 1 starts N workers, each its own single-threaded event
         /// loop with its own links to peers and pool to the app; each accepted connection goes
-        /// to the next worker in turn. Give a busy service's sidecar 2 or more.
+        /// to the worker serving the fewest. Give a busy service's sidecar 2 or more.
         #[arg(long, env = "WARD_WORKERS", default_value_t = 1)]
         workers: usize,
     },

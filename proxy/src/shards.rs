@@ -1,28 +1,53 @@
 //! Worker shards for `--workers N` (N > 1): N threads, each running its own single-threaded
 //! event loop, as nginx, haproxy and Envoy run their workers.
 //!
-//! The main thread accepts on every listener and hands each connection to the next shard in
-//! turn; from then on the connection, its pooled links to the peer sidecar and its
-//! connections to the app live on that shard alone. No task is ever woken from another
+//! The main thread accepts on every listener and hands each connection to the shard serving
+//! the fewest connections; from then on the connection, its pooled links to the peer sidecar
+//! and its connections to the app live on that shard alone. No task is ever woken from another
 //! thread, so a request costs about what it costs with one worker (tokio's multi-threaded
 //! scheduler spends a third more CPU per request on cross-thread wakeups and work stealing),
-//! and the kernel can run the shards on different cores. Round-robin hand-off (not
-//! `SO_REUSEPORT`) keeps a few long-lived connections, such as the HTTP/2 links between
-//! sidecars, spread over the shards instead of hashed onto one.
+//! and the kernel can run the shards on different cores. Handing out by open connections (not
+//! `SO_REUSEPORT`'s hash, nor plain turns) keeps a few long-lived connections, such as the
+//! HTTP/2 links between sidecars, spread over the shards: a link never lands on the shard
+//! that already holds the other one while a shard with fewer stands idle.
 //!
 //! With one worker there are no shards: everything runs on the main thread's event loop.
 
 use std::cell::Cell;
 use std::future::Future;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 
 struct Shards {
     handles: Vec<Handle>,
+    /// Connections each shard is serving.
+    open: Vec<Arc<AtomicUsize>>,
+    /// Where the search for the least busy shard starts, in turn, so ties spread.
     next: AtomicUsize,
+}
+
+impl Shards {
+    /// The shard with the fewest open connections (ties: the first from a rotating start).
+    fn least_busy(&self) -> usize {
+        let n = self.handles.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|k| (start + k) % n)
+            .min_by_key(|&i| self.open[i].load(Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+}
+
+/// Counts a connection on its shard while it is served.
+struct Serving(Arc<AtomicUsize>);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 static SHARDS: OnceLock<Shards> = OnceLock::new();
@@ -55,6 +80,7 @@ pub fn start(n: usize) -> Result<(), String> {
     }
     SHARDS
         .set(Shards {
+            open: (0..n).map(|_| Arc::new(AtomicUsize::new(0))).collect(),
             handles,
             next: AtomicUsize::new(0),
         })
@@ -71,7 +97,7 @@ pub fn current() -> usize {
     INDEX.with(Cell::get)
 }
 
-/// Serves an accepted connection: on the next shard in turn, or here without shards.
+/// Serves an accepted connection: on the least busy shard, or here without shards.
 pub fn serve<F, Fut>(tcp: TcpStream, f: F)
 where
     F: FnOnce(TcpStream) -> Fut + Send + 'static,
@@ -81,7 +107,7 @@ where
         tokio::spawn(f(tcp));
         return;
     };
-    let i = shards.next.fetch_add(1, Ordering::Relaxed) % shards.handles.len();
+    let i = shards.least_busy();
     // The socket leaves this thread's event loop and joins the shard's (into_std keeps it
     // non-blocking, as from_std needs).
     let std = match tcp.into_std() {
@@ -91,10 +117,50 @@ where
             return;
         }
     };
+    shards.open[i].fetch_add(1, Ordering::Relaxed);
+    let serving = Serving(shards.open[i].clone());
     shards.handles[i].spawn(async move {
+        let _serving = serving;
         match TcpStream::from_std(std) {
             Ok(tcp) => f(tcp).await,
             Err(e) => tracing::warn!(error = %e, "a worker cannot take an accepted connection; closing it"),
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn shards(open: &[usize]) -> Shards {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        Shards {
+            handles: open.iter().map(|_| rt.handle().clone()).collect(),
+            open: open.iter().map(|&n| Arc::new(AtomicUsize::new(n))).collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    #[test]
+    fn a_connection_goes_to_the_shard_serving_the_fewest() {
+        let s = shards(&[1, 0]);
+        assert_eq!((s.least_busy(), s.least_busy()), (1, 1));
+        let s = shards(&[3, 5, 2]);
+        assert!((0..6).all(|_| s.least_busy() == 2));
+    }
+
+    #[test]
+    fn ties_are_spread_in_turn() {
+        let s = shards(&[0, 0, 0]);
+        let picks: Vec<usize> = (0..6).map(|_| s.least_busy()).collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+    }
+
+    #[test]
+    fn a_served_connection_is_counted_until_it_ends() {
+        let open = Arc::new(AtomicUsize::new(1));
+        drop(Serving(open.clone()));
+        assert_eq!(open.load(Ordering::Relaxed), 0);
+    }
 }
