@@ -82,7 +82,8 @@ fn run(path: &Path, workers: usize) -> Result<(), String> {
     let audit = AuditLog::open(&config.log.audit.value).map_err(|e| format!("log.audit: {e}"))?;
     tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %server::effective_json(&config), "ward starting");
     let drain_timeout = config.drain_timeout;
-    runtime(workers)?.block_on(async {
+    let final_flush = audit.clone();
+    let result = runtime(workers)?.block_on(async {
         let running = tokio::select! {
             r = server::start(&config, audit) => r.map_err(|e| e.to_string())?,
             _ = server::wait_for_signal() => return Ok(()),
@@ -134,7 +135,13 @@ fn run(path: &Path, workers: usize) -> Result<(), String> {
             tracing::info!("drained; exiting");
         }
         Ok(())
-    })
+    });
+    // The main event loop is gone (the runtime above was a temporary); end the workers' too.
+    // Connections still open past drain_timeout are dropped with them, and the records of
+    // their requests cut short are written before the exit.
+    crate::shards::stop();
+    final_flush.flush();
+    result
 }
 
 /// How often `ward run` looks at its config file for changes (Kubernetes ConfigMaps change

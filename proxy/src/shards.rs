@@ -1,12 +1,13 @@
 //! Worker shards for `--workers N` (N > 1): N threads, each running its own single-threaded
 //! event loop, as nginx, haproxy and Envoy run their workers.
 //!
-//! The main thread accepts on every listener and hands each connection to the shard serving
-//! the fewest connections; from then on the connection, its pooled links to the peer sidecar
-//! and its connections to the app live on that shard alone. No task is ever woken from another
-//! thread, so a request costs about what it costs with one worker (tokio's multi-threaded
-//! scheduler spends a third more CPU per request on cross-thread wakeups and work stealing),
-//! and the kernel can run the shards on different cores. Handing out by open connections (not
+//! The main thread accepts on every listener (and runs the admin server, reloads and the
+//! identity) and hands each connection to the shard serving the fewest connections; from then
+//! on the connection, its pooled links to the peer sidecar and its connections to the app live
+//! on that shard alone. A request's tasks are never woken from another thread (only the
+//! hand-off of a new connection is), so a request costs about what it costs with one worker
+//! (tokio's multi-threaded scheduler spends a third more CPU per request on cross-thread
+//! wakeups and work stealing), and the kernel can run the shards on different cores. Handing out by open connections (not
 //! `SO_REUSEPORT`'s hash, nor plain turns) keeps a few long-lived connections, such as the
 //! HTTP/2 links between sidecars, spread over the shards: a link never lands on the shard
 //! that already holds the other one while a shard with fewer stands idle.
@@ -20,9 +21,12 @@ use std::sync::{Arc, OnceLock};
 
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
+use tokio::sync::oneshot;
 
 struct Shards {
     handles: Vec<Handle>,
+    /// Each shard thread, and the sender that ends its event loop.
+    threads: std::sync::Mutex<Vec<(oneshot::Sender<()>, std::thread::JoinHandle<()>)>>,
     /// Connections each shard is serving.
     open: Vec<Arc<AtomicUsize>>,
     /// Where the search for the least busy shard starts, in turn, so ties spread.
@@ -63,28 +67,53 @@ pub fn start(n: usize) -> Result<(), String> {
         return Ok(());
     }
     let mut handles = Vec::with_capacity(n);
+    let mut threads = Vec::with_capacity(n);
     for i in 0..n {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start worker {i}'s event loop: {e}"))?;
         handles.push(rt.handle().clone());
-        std::thread::Builder::new()
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
             .name(format!("ward-worker-{i}"))
             .spawn(move || {
                 INDEX.with(|c| c.set(i));
-                // Runs until the process exits; the main thread drains connections first.
-                rt.block_on(std::future::pending::<()>());
+                // Serves until `stop`; dropping the runtime then drops every connection
+                // still open on it (their records are written as they go).
+                let _ = rt.block_on(stopped);
+                rt.shutdown_timeout(std::time::Duration::from_secs(1));
             })
             .map_err(|e| format!("cannot start worker thread {i}: {e}"))?;
+        threads.push((stop, thread));
     }
     SHARDS
         .set(Shards {
             open: (0..n).map(|_| Arc::new(AtomicUsize::new(0))).collect(),
             handles,
+            threads: std::sync::Mutex::new(threads),
             next: AtomicUsize::new(0),
         })
         .map_err(|_| "worker shards were already started".to_owned())
+}
+
+/// Ends every shard's event loop and waits for its thread: the connections still open there
+/// (past `drain_timeout`) are dropped, as the main thread's are when its runtime ends.
+pub fn stop() {
+    let Some(shards) = SHARDS.get() else {
+        return;
+    };
+    let threads = shards
+        .threads
+        .lock()
+        .map(|mut t| std::mem::take(&mut *t))
+        .unwrap_or_default();
+    for (stop, thread) in threads {
+        let _ = stop.send(());
+        if thread.join().is_err() {
+            tracing::error!("a worker thread panicked while stopping");
+        }
+    }
 }
 
 /// How many shards serve connections (1 without shards).
@@ -137,6 +166,7 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         Shards {
             handles: open.iter().map(|_| rt.handle().clone()).collect(),
+            threads: std::sync::Mutex::new(Vec::new()),
             open: open.iter().map(|&n| Arc::new(AtomicUsize::new(n))).collect(),
             next: AtomicUsize::new(0),
         }

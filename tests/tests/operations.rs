@@ -761,6 +761,58 @@ fn drain_timeout_closes_the_rest_and_still_exits_0() {
     inbound.assert_no_panic();
 }
 
+/// Past `drain_timeout`, a request still waiting on the app is cut and ward exits 0; the
+/// record of the cut request (status 499) is still written before the exit. With one worker
+/// and with two (whose event loops are ended, not just left behind, at exit).
+#[test]
+fn drain_timeout_cuts_a_request_in_flight_and_still_records_it() {
+    for workers in ["1", "2"] {
+        let ids = ids();
+        let app = HttpApp::spawn();
+        let pair_in = free_port();
+        let body = format!(
+            "{}inbound:\n  - name: web\n    listen: 127.0.0.1:{pair_in}\n    forward: {}\n    protocol: http\n    policy: web\npolicies:\n  web:\n    default: deny\n    rules:\n{}",
+            identity_yaml(&ids.backend, &[]),
+            app.addr,
+            allow_frontend()
+        );
+        let _inbound = Ward::start(&body, &[pair_in]);
+        let out = free_port();
+        let body = format!(
+            "{}drain_timeout: 1s\noutbound:\n  - name: web\n    listen: 127.0.0.1:{out}\n    forward: 127.0.0.1:{pair_in}\n    protocol: http\n    server_id: \"{BACKEND}\"\n",
+            identity_yaml(&ids.frontend, &[]),
+        );
+        let mut outbound = Ward::start_with(&body, &[out], &["--workers", workers]);
+
+        let mut slow = TcpStream::connect(local(out)).unwrap();
+        slow.write_all(b"GET /echo?delay_ms=30000 HTTP/1.1\r\nHost: app\r\n\r\n")
+            .unwrap();
+        let deadline = Instant::now() + WAIT;
+        while app.count() == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "workers {workers}: the request never reached the app"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        outbound.signal("TERM");
+        let status = outbound.wait_exit(WAIT).unwrap_or_else(|| {
+            panic!(
+                "workers {workers}: no exit past drain_timeout:\n{}",
+                outbound.stderr()
+            )
+        });
+        assert_eq!(status.code(), Some(0), "workers {workers}: {}", outbound.stderr());
+        let records = outbound.records();
+        let cut = records
+            .iter()
+            .find(|r| r["kind"] == "request" && r["path"] == "/echo")
+            .unwrap_or_else(|| panic!("workers {workers}: no record of the cut request: {records:?}"));
+        assert_eq!(cut["status"], 499, "workers {workers}: {cut}");
+        outbound.assert_no_panic();
+    }
+}
+
 /// `POST /shutdown` (for Jobs whose app has finished) and `ward shutdown --admin` drain and
 /// exit 0; SIGINT does the same as SIGTERM.
 #[test]
