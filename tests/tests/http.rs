@@ -1322,7 +1322,13 @@ fn worker_run_times(ward: &Ward) -> Vec<(String, u64)> {
         if !comm.starts_with("ward-worker") {
             continue;
         }
-        let schedstat = std::fs::read_to_string(dir.join("schedstat")).unwrap_or_default();
+        let path = dir.join("schedstat");
+        let schedstat = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{} unreadable ({e}): this test needs a kernel with schedstats",
+                path.display()
+            )
+        });
         let ns = schedstat
             .split_whitespace()
             .next()
