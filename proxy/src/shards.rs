@@ -7,10 +7,12 @@
 //! on that shard alone. A request's tasks are never woken from another thread (only the
 //! hand-off of a new connection is), so a request costs about what it costs with one worker
 //! (tokio's multi-threaded scheduler spends a third more CPU per request on cross-thread
-//! wakeups and work stealing), and the kernel can run the shards on different cores. Handing out by open connections (not
-//! `SO_REUSEPORT`'s hash, nor plain turns) keeps a few long-lived connections, such as the
-//! HTTP/2 links between sidecars, spread over the shards: a link never lands on the shard
-//! that already holds the other one while a shard with fewer stands idle.
+//! wakeups and work stealing), and the kernel can run the shards on different cores.
+//!
+//! Handing out by open connections (not `SO_REUSEPORT`'s hash, nor plain turns) keeps a few
+//! long-lived connections, such as the HTTP/2 links between sidecars, spread over the shards:
+//! a link never lands on the shard that already holds the other one while a shard with fewer
+//! stands idle.
 //!
 //! With one worker there are no shards: everything runs on the main thread's event loop.
 
@@ -79,7 +81,7 @@ pub fn start(n: usize) -> Result<(), String> {
             .name(format!("ward-worker-{i}"))
             .spawn(move || {
                 INDEX.with(|c| c.set(i));
-                // Serves until `stop`; dropping the runtime then drops every connection
+                // Serves until `stop`; shutting the runtime down then drops every connection
                 // still open on it (their records are written as they go).
                 let _ = rt.block_on(stopped);
                 rt.shutdown_timeout(std::time::Duration::from_secs(1));

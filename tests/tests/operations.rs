@@ -530,6 +530,19 @@ fn ready_only_once_an_identity_has_loaded() {
 // ---------------------------------------------------------------------------------------------
 // Graceful drain
 
+/// The backend's inbound ward for `app`: an HTTP listener `web` whose policy allows the
+/// frontend. Returns it and its port.
+fn web_inbound(ids: &Ids, app: &HttpApp) -> (Ward, u16) {
+    let port = free_port();
+    let body = format!(
+        "{}inbound:\n  - name: web\n    listen: 127.0.0.1:{port}\n    forward: {}\n    protocol: http\n    policy: web\npolicies:\n  web:\n    default: deny\n    rules:\n{}",
+        identity_yaml(&ids.backend, &[]),
+        app.addr,
+        allow_frontend()
+    );
+    (Ward::start(&body, &[port]), port)
+}
+
 /// SIGTERM to the app's sidecar while a request is in flight on a keep-alive connection: `/ready`
 /// turns 503, nothing new is served, an idle keep-alive connection is closed,
 /// the in-flight request completes with `Connection: close`, and ward exits 0 as soon as it
@@ -538,14 +551,7 @@ fn ready_only_once_an_identity_has_loaded() {
 fn sigterm_finishes_the_request_in_flight_serves_nothing_new_and_exits_0() {
     let ids = ids();
     let app = HttpApp::spawn();
-    let pair_in = free_port();
-    let body = format!(
-        "{}inbound:\n  - name: web\n    listen: 127.0.0.1:{pair_in}\n    forward: {}\n    protocol: http\n    policy: web\npolicies:\n  web:\n    default: deny\n    rules:\n{}",
-        identity_yaml(&ids.backend, &[]),
-        app.addr,
-        allow_frontend()
-    );
-    let _inbound = Ward::start(&body, &[pair_in]);
+    let (_inbound, pair_in) = web_inbound(&ids, &app);
     let (out, admin) = (free_port(), free_port());
     let body = format!(
         "{}{}drain_timeout: 8s\noutbound:\n  - name: web\n    listen: 127.0.0.1:{out}\n    forward: 127.0.0.1:{pair_in}\n    protocol: http\n    server_id: \"{BACKEND}\"\n",
@@ -769,14 +775,7 @@ fn drain_timeout_cuts_a_request_in_flight_and_still_records_it() {
     for workers in ["1", "2"] {
         let ids = ids();
         let app = HttpApp::spawn();
-        let pair_in = free_port();
-        let body = format!(
-            "{}inbound:\n  - name: web\n    listen: 127.0.0.1:{pair_in}\n    forward: {}\n    protocol: http\n    policy: web\npolicies:\n  web:\n    default: deny\n    rules:\n{}",
-            identity_yaml(&ids.backend, &[]),
-            app.addr,
-            allow_frontend()
-        );
-        let _inbound = Ward::start(&body, &[pair_in]);
+        let (_inbound, pair_in) = web_inbound(&ids, &app);
         let out = free_port();
         let body = format!(
             "{}drain_timeout: 1s\noutbound:\n  - name: web\n    listen: 127.0.0.1:{out}\n    forward: 127.0.0.1:{pair_in}\n    protocol: http\n    server_id: \"{BACKEND}\"\n",
