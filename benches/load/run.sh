@@ -367,20 +367,17 @@ run_wrk() { # scenario target port conns threads [extra wrk args]
 }
 
 run_wrk_cpu() { # scenario target port conns threads: run_wrk, and the CPU the pair spent on it
-    local scenario=$1 t=$2 u0 s0 u1 s1 uo ui so si Uo Ui So Si idle0 all0 idle1 all1
+    local scenario=$1 t=$2 po pi uo so ui si idle0 all0 idle1 all1
     if [[ $t == direct ]]; then run_wrk "$@"; return; fi
-    u0="$(user_ticks "${PID[$t-out]}") $(user_ticks "${PID[$t-in]}")"
-    s0="$(sys_ticks "${PID[$t-out]}") $(sys_ticks "${PID[$t-in]}")"
+    po=${PID[$t-out]} pi=${PID[$t-in]}
+    uo=$(user_ticks "$po") so=$(sys_ticks "$po") ui=$(user_ticks "$pi") si=$(sys_ticks "$pi")
     read -r idle0 all0 < <(machine_ticks)
     run_wrk "$@"
     read -r idle1 all1 < <(machine_ticks)
-    u1="$(user_ticks "${PID[$t-out]}") $(user_ticks "${PID[$t-in]}")"
-    s1="$(sys_ticks "${PID[$t-out]}") $(sys_ticks "${PID[$t-in]}")"
     # out_user out_sys in_user in_sys ticks_per_second machine_idle machine_total
-    read -r uo ui <<< "$u0"; read -r so si <<< "$s0"
-    read -r Uo Ui <<< "$u1"; read -r So Si <<< "$s1"
-    echo "$((Uo - uo)) $((So - so)) $((Ui - ui)) $((Si - si)) $(getconf CLK_TCK) $((idle1 - idle0)) $((all1 - all0))" \
-        > "$RUN/out/cpu-${scenario}__$t.txt"
+    echo "$(($(user_ticks "$po") - uo)) $(($(sys_ticks "$po") - so))" \
+        "$(($(user_ticks "$pi") - ui)) $(($(sys_ticks "$pi") - si))" \
+        "$(getconf CLK_TCK) $((idle1 - idle0)) $((all1 - all0))" > "$RUN/out/cpu-${scenario}__$t.txt"
 }
 
 log "HTTP/1.1 keep-alive, 1 connection (${SECS}s each; and the CPU each pair spends per request)"
