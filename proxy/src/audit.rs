@@ -172,9 +172,202 @@ impl ConnInfo {
     }
 }
 
-/// RFC 3339 UTC with milliseconds, written straight into the record's line.
+/// RFC 3339 UTC with milliseconds (the `Serialize` form, which `Record::write_json` matches).
 fn rfc3339_millis<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&humantime::format_rfc3339_millis(*t))
+}
+
+// The audit line is written by hand rather than by serde_json: it is made for every request in
+// both sidecars, and serde_json spent about 9,000 instructions on each (callgrind, 1 connection
+// of keep-alive: 11-15% of each proxy's user-space instructions), most of it formatting the two
+// socket addresses and the timestamp through core::fmt. The output is byte for byte serde_json's
+// (`Serialize` stays as the reference; a property test holds the two to it).
+impl Record {
+    /// Appends the record as one JSON object, without a newline.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"timestamp\":\"");
+        push_rfc3339_millis(out, self.timestamp);
+        out.extend_from_slice(b"\",\"kind\":\"");
+        out.extend_from_slice(match self.kind {
+            Kind::Handshake => b"handshake",
+            Kind::Authz => b"authz",
+            Kind::Access => b"access",
+            Kind::Request => b"request",
+            Kind::Error => b"error",
+        });
+        out.extend_from_slice(b"\",\"listener\":");
+        push_str(out, &self.listener);
+        out.extend_from_slice(match self.direction {
+            Direction::Inbound => b",\"direction\":\"inbound\",\"peer_id\":",
+            Direction::Outbound => b",\"direction\":\"outbound\",\"peer_id\":",
+        });
+        push_opt_str(out, self.peer_id.as_deref());
+        out.extend_from_slice(b",\"peer_serial\":");
+        push_opt_str(out, self.peer_serial.as_deref());
+        out.extend_from_slice(b",\"src\":");
+        push_addr(out, self.src);
+        out.extend_from_slice(b",\"dst\":");
+        push_addr(out, self.dst);
+        out.extend_from_slice(b",\"rule\":");
+        push_opt_str(out, self.rule.as_deref());
+        out.extend_from_slice(match self.decision {
+            Decision::Allow => b",\"decision\":\"allow\",\"reason\":",
+            Decision::Deny => b",\"decision\":\"deny\",\"reason\":",
+        });
+        push_str(out, &self.reason);
+        out.extend_from_slice(b",\"audit_rules\":[");
+        for (i, rule) in self.audit_rules.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            push_str(out, rule);
+        }
+        out.extend_from_slice(b"],\"bytes_in\":");
+        push_opt_int(out, self.bytes_in);
+        out.extend_from_slice(b",\"bytes_out\":");
+        push_opt_int(out, self.bytes_out);
+        out.extend_from_slice(b",\"duration_ms\":");
+        push_opt_int(out, self.duration_ms);
+        out.extend_from_slice(b",\"method\":");
+        push_opt_str(out, self.method.as_deref());
+        out.extend_from_slice(b",\"path\":");
+        push_opt_str(out, self.path.as_deref());
+        out.extend_from_slice(b",\"authority\":");
+        push_opt_str(out, self.authority.as_deref());
+        out.extend_from_slice(b",\"status\":");
+        push_opt_int(out, self.status);
+        out.push(b'}');
+    }
+}
+
+/// A JSON string, escaped as serde_json escapes: `"`, `\` and control characters only.
+fn push_str(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = s.as_bytes();
+    out.push(b'"');
+    // Nearly every field needs no escape: one branch-free pass (the compiler vectorizes it)
+    // decides, then the string is copied whole.
+    if !bytes
+        .iter()
+        .fold(false, |esc, &b| esc | (b < 0x20) | (b == b'"') | (b == b'\\'))
+    {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
+    let mut plain = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let short: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0x00..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[plain..i]);
+        plain = i + 1;
+        if short.is_empty() {
+            out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ]);
+        } else {
+            out.extend_from_slice(short);
+        }
+    }
+    out.extend_from_slice(&bytes[plain..]);
+    out.push(b'"');
+}
+
+fn push_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => push_str(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn push_opt_int<I: itoa::Integer>(out: &mut Vec<u8>, n: Option<I>) {
+    match n {
+        Some(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// `"a.b.c.d:port"`; IPv6 through its Display (`"[addr%scope]:port"`), as serde writes both.
+fn push_addr(out: &mut Vec<u8>, addr: SocketAddr) {
+    out.push(b'"');
+    match addr {
+        SocketAddr::V4(v4) => {
+            let mut num = itoa::Buffer::new();
+            for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(num.format(octet).as_bytes());
+            }
+            out.push(b':');
+            out.extend_from_slice(num.format(v4.port()).as_bytes());
+        }
+        SocketAddr::V6(v6) => {
+            // Writing into a Vec cannot fail.
+            let _ = write!(out, "{v6}");
+        }
+    }
+    out.push(b'"');
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ`, as humantime's `format_rfc3339_millis` writes it, from the
+/// civil-from-days conversion (H. Hinnant, "chrono-Compatible Low-Level Date Algorithms").
+/// A clock set before 1970 or past 9999 is written as the nearest of the two ends (where
+/// humantime would panic or fail), so a line is always well formed.
+fn push_rfc3339_millis(out: &mut Vec<u8>, t: SystemTime) {
+    const LAST: Duration = Duration::new(253_402_300_799, 999_999_999); // 9999-12-31T23:59:59.999Z
+    let since = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .min(LAST);
+    let secs = since.as_secs();
+    let (days, of_day) = (secs / 86_400, secs % 86_400);
+    // Days since 0000-03-01, in 400-year eras of 146,097 days.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    let two =
+        |out: &mut Vec<u8>, n: u64| out.extend_from_slice(&[b'0' + (n / 10) as u8, b'0' + (n % 10) as u8]);
+    two(out, year / 100);
+    two(out, year % 100);
+    out.push(b'-');
+    two(out, month);
+    out.push(b'-');
+    two(out, day);
+    out.push(b'T');
+    two(out, of_day / 3_600);
+    out.push(b':');
+    two(out, of_day / 60 % 60);
+    out.push(b':');
+    two(out, of_day % 60);
+    let ms = since.subsec_millis();
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (ms / 100) as u8,
+        b'0' + (ms / 10 % 10) as u8,
+        b'0' + (ms % 10) as u8,
+        b'Z',
+    ]);
 }
 
 /// Records waiting to be written are kept up to this size; past it they are dropped (and
@@ -326,10 +519,7 @@ impl AuditLog {
             *line = Vec::new();
         }
         line.clear();
-        if let Err(e) = serde_json::to_writer(&mut *line, record) {
-            tracing::error!(error = %e, "cannot encode an audit record");
-            return;
-        }
+        record.write_json(line);
         line.push(b'\n');
         let line = &line[..];
         let queued = match &self.sink {
@@ -364,5 +554,125 @@ impl AuditLog {
     /// Records dropped because the queue was full.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
+
+    fn addr() -> impl Strategy<Value = SocketAddr> {
+        prop_oneof![
+            (any::<u32>(), any::<u16>())
+                .prop_map(|(ip, port)| SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(ip), port))),
+            (
+                any::<u128>(),
+                any::<u16>(),
+                any::<u32>(),
+                prop_oneof![Just(0u32), any::<u32>()]
+            )
+                .prop_map(|(ip, port, flow, scope)| SocketAddr::V6(SocketAddrV6::new(
+                    Ipv6Addr::from(ip),
+                    port,
+                    flow,
+                    scope
+                ))),
+        ]
+    }
+
+    /// Strings that exercise escaping: control characters, quotes, backslashes, non-ASCII.
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![any::<String>(), "[\\x00-\\x7f\"\\\\é€😀]{0,40}"]
+    }
+
+    fn arc_text() -> impl Strategy<Value = Arc<str>> {
+        text().prop_map(Arc::from)
+    }
+
+    prop_compose! {
+        fn record()(
+            secs in 0u64..=253_402_300_799,
+            nanos in 0u32..1_000_000_000,
+            kind in prop_oneof![Just(Kind::Handshake), Just(Kind::Authz), Just(Kind::Access), Just(Kind::Request), Just(Kind::Error)],
+            inbound in any::<bool>(),
+            allow in any::<bool>(),
+            listener in arc_text(),
+            peer_id in proptest::option::of(arc_text()),
+            peer_serial in proptest::option::of(arc_text()),
+            src in addr(),
+            dst in addr(),
+            rule in proptest::option::of(arc_text()),
+            reason in text(),
+            audit_rules in proptest::collection::vec(arc_text(), 0..3),
+            bytes_in in proptest::option::of(any::<u64>()),
+            bytes_out in proptest::option::of(any::<u64>()),
+            duration_ms in proptest::option::of(any::<u64>()),
+            method in proptest::option::of(text()),
+            path in proptest::option::of(text()),
+            authority in proptest::option::of(text()),
+            status in proptest::option::of(any::<u16>()),
+        ) -> Record {
+            Record {
+                timestamp: SystemTime::UNIX_EPOCH + Duration::new(secs, nanos),
+                kind,
+                listener,
+                direction: if inbound { Direction::Inbound } else { Direction::Outbound },
+                peer_id,
+                peer_serial,
+                src,
+                dst,
+                rule,
+                decision: if allow { Decision::Allow } else { Decision::Deny },
+                reason: reason.into(),
+                audit_rules,
+                bytes_in,
+                bytes_out,
+                duration_ms,
+                method,
+                path,
+                authority,
+                status,
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// The hand-written line is exactly what serde_json makes of the same record.
+        #[test]
+        fn write_json_matches_serde_json(r in record()) {
+            let mut line = Vec::new();
+            r.write_json(&mut line);
+            let reference = serde_json::to_string(&r).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(String::from_utf8_lossy(&line), reference);
+        }
+    }
+
+    #[test]
+    fn timestamps_at_the_edges_of_the_calendar() {
+        let line = |t: SystemTime| {
+            let mut out = Vec::new();
+            push_rfc3339_millis(&mut out, t);
+            String::from_utf8(out).unwrap_or_default()
+        };
+        let epoch = SystemTime::UNIX_EPOCH;
+        assert_eq!(line(epoch), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            line(epoch + Duration::from_millis(951_782_400_007)),
+            "2000-02-29T00:00:00.007Z"
+        );
+        assert_eq!(
+            line(epoch + Duration::from_secs(4_107_542_399)),
+            "2100-02-28T23:59:59.000Z"
+        );
+        // A clock before 1970 or past 9999 does not panic and stays well formed.
+        assert_eq!(line(epoch - Duration::from_secs(1)), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            line(epoch + Duration::from_secs(300_000_000_000)),
+            "9999-12-31T23:59:59.999Z"
+        );
     }
 }

@@ -43,39 +43,67 @@ pub fn text(status: StatusCode, body: &'static str) -> Response<OutBody> {
     resp
 }
 
+/// The headers that are hop-by-hop by name (RFC 9110 section 7.6.1, and the legacy
+/// `keep-alive` and `proxy-connection`); `TE` last, as it is kept when it says `trailers`.
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+];
+
 /// Removes hop-by-hop headers: those named in `Connection`, and the fixed set. `te: trailers`
 /// is end-to-end in practice (gRPC needs it) and is kept.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        if name != header::TE {
-            headers.remove(&name);
+    // Which of them the message has, from one pass over its names: most requests have none,
+    // and most responses only `connection`. Removing the whole set unconditionally cost about
+    // 2,700 instructions a message (callgrind).
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
         }
     }
-    for name in [
-        header::CONNECTION,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-    ] {
-        headers.remove(name);
+    if present == 0 {
+        return;
     }
-    let te_trailers = headers.get_all(header::TE).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
-    });
-    headers.remove(header::TE);
-    if te_trailers {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    if present & 1 != 0
+        && let header::Entry::Occupied(entry) = headers.entry(header::CONNECTION)
+    {
+        let (first, more) = {
+            let mut values = entry.remove_entry_mult().1;
+            let first = values.next();
+            // Nearly always one value: an empty Vec does not allocate.
+            (first, values.collect::<Vec<HeaderValue>>())
+        };
+        for value in first.iter().chain(&more) {
+            for token in value.to_str().unwrap_or_default().split(',') {
+                let token = token.trim();
+                // A name that is not a valid header name matches nothing.
+                if !token.is_empty() && !token.eq_ignore_ascii_case("te") {
+                    headers.remove(token);
+                }
+            }
+        }
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate().take(7).skip(1) {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
+    }
+    if present & (1 << 7) != 0 {
+        let te_trailers = headers.get_all(header::TE).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
+        });
+        headers.remove(header::TE);
+        if te_trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
     }
 }
 
@@ -441,18 +469,53 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(
             header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret"),
+            HeaderValue::from_static("Keep-Alive, X-Secret"),
+        );
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static("x-other, bad name, te"),
         );
         h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-other", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("gzip, trailers"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert("x-kept", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
         assert!(h.get("x-secret").is_none() && h.get("keep-alive").is_none());
+        assert!(
+            h.get("x-other").is_none(),
+            "a name in a second Connection value was kept"
+        );
         assert!(h.get(header::CONNECTION).is_none() && h.get(header::UPGRADE).is_none());
         assert_eq!(h.get(header::TE).map(|v| v.as_bytes()), Some(&b"trailers"[..]));
         assert!(h.get("x-kept").is_some());
+    }
+
+    #[test]
+    fn each_hop_by_hop_header_alone_is_removed() {
+        for name in [
+            "transfer-encoding",
+            "upgrade",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert("x-kept", HeaderValue::from_static("1"));
+            h.append(HeaderName::from_static(name), HeaderValue::from_static("gzip"));
+            strip_hop_by_hop(&mut h);
+            assert!(h.get(name).is_none(), "{name} was kept");
+            assert_eq!(h.len(), 1, "{name}: {h:?}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
     }
 
     #[test]
