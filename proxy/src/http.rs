@@ -27,7 +27,7 @@ use crate::forward::Shared;
 use crate::metrics::ListenerMetrics;
 
 /// Response bodies ward sends: the upstream's, streamed, or a short one of its own.
-pub type OutBody = Either<Incoming, Full<Bytes>>;
+pub type OutBody = Either<crate::pool::Upstream, Full<Bytes>>;
 
 /// The XFCC header ward sets toward the app (and removes from every caller).
 pub static XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");

@@ -452,7 +452,7 @@ async fn request(
     let req = Request::from_parts(parts, Counted::new(body, bytes_in.clone()));
     match send.send_request(req).await {
         Ok(resp) => {
-            let mut resp = resp.map(http_body_util::Either::Left);
+            let mut resp = resp.map(|b| http_body_util::Either::Left(crate::pool::Upstream::new(b)));
             h::strip_hop_by_hop(resp.headers_mut());
             Ok(pending.attach(resp))
         }

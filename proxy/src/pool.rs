@@ -4,13 +4,16 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::{Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http2;
+use hyper::client::conn::{http1, http2};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
@@ -69,14 +72,35 @@ const APP_MAX_IDLE: usize = 256;
 const APP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Pooled clients to the app behind an inbound listener; cheap to clone (every request's
-/// future holds one, so it is a pointer, not two hyper clients).
+/// future holds one, so it is a pointer, not two pools).
 #[derive(Clone, Debug)]
 pub struct AppClient(Arc<AppClients>);
 
 #[derive(Debug)]
 struct AppClients {
-    http1: Client<FixedAddr, InBody>,
+    http1: Arc<Http1Pool>,
     h2c: Client<FixedAddr, InBody>,
+}
+
+/// Why a request could not be had from the app.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("connect to {addr} timed out after {timeout:?}; is the app up and listening there?")]
+    ConnectTimeout { addr: SocketAddr, timeout: Duration },
+    #[error("connect to {addr}: {source}; is the app up and listening there?")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP/1.1 with the app at {addr}: {source}")]
+    Http1 {
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("HTTP/2 (h2c) with the app: {0}")]
+    H2c(#[source] hyper_util::client::legacy::Error),
 }
 
 impl AppClient {
@@ -85,33 +109,265 @@ impl AppClient {
             addr,
             timeout: connect_timeout,
         };
-        // A burst of concurrent requests opens as many app connections; afterwards at most
-        // APP_MAX_IDLE of them are kept (each holds hyper's buffers and a task), each for
-        // APP_IDLE_TIMEOUT.
-        let http1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(APP_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(APP_MAX_IDLE)
-            .pool_timer(TokioTimer::new())
-            .build(connector.clone());
         let h2c = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .pool_idle_timeout(APP_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
             .build(connector);
-        AppClient(Arc::new(AppClients { http1, h2c }))
+        AppClient(Arc::new(AppClients {
+            http1: Arc::new(Http1Pool {
+                addr,
+                connect_timeout,
+                idle_timeout: APP_IDLE_TIMEOUT,
+                idle: std::sync::Mutex::new(Vec::new()),
+                reaping: AtomicBool::new(false),
+            }),
+            h2c,
+        }))
     }
 
-    /// Sends over HTTP/2 (h2c) when `h2`, else HTTP/1.1 keep-alive.
-    pub async fn send(
-        &self,
-        req: Request<InBody>,
-        h2: bool,
-    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
+    /// Sends over HTTP/2 (h2c) when `h2`, else HTTP/1.1 keep-alive. `req` has an absolute URI.
+    pub async fn send(&self, req: Request<InBody>, h2: bool) -> Result<Response<Upstream>, AppError> {
         if h2 {
-            self.0.h2c.request(req).await
+            let resp = self.0.h2c.request(req).await.map_err(AppError::H2c)?;
+            Ok(resp.map(Upstream::new))
         } else {
-            self.0.http1.request(req).await
+            self.0.http1.send(req).await
         }
+    }
+}
+
+/// Keep-alive HTTP/1.1 connections to the app, most recently used first.
+///
+/// Written here rather than using hyper-util's pooled client, which the h2c path still uses:
+/// that client keys its pool by scheme and authority (hashing and formatting them for every
+/// request), spawns a task per response to notice when the connection is free again, and
+/// built a Host header through `format!`. This pool has one address, hands a connection back
+/// when the response body ends, and cost about a tenth of the inbound's instructions less per
+/// request (callgrind, keep-alive at 1 connection).
+#[derive(Debug)]
+struct Http1Pool {
+    addr: SocketAddr,
+    connect_timeout: Duration,
+    /// How long an idle connection is kept (`APP_IDLE_TIMEOUT`).
+    idle_timeout: Duration,
+    /// Idle connections, oldest first.
+    idle: std::sync::Mutex<Vec<IdleConn>>,
+    /// Whether a task is closing connections idle past `idle_timeout`.
+    reaping: AtomicBool,
+}
+
+#[derive(Debug)]
+struct IdleConn {
+    tx: http1::SendRequest<InBody>,
+    since: Instant,
+}
+
+impl Http1Pool {
+    async fn send(self: &Arc<Self>, req: Request<InBody>) -> Result<Response<Upstream>, AppError> {
+        let mut req = origin_form(req);
+        loop {
+            let (mut tx, reused) = match self.take().await {
+                Some(tx) => (tx, true),
+                None => (self.connect().await?, false),
+            };
+            match tx.try_send_request(req).await {
+                Ok(resp) => {
+                    let mut resp = resp.map(Upstream::new);
+                    if resp.body().is_end_stream() {
+                        // No body to wait for (HEAD, 204, 304, an empty one).
+                        self.put(tx);
+                    } else {
+                        resp.body_mut().back = Some(GiveBack {
+                            tx,
+                            pool: self.clone(),
+                        });
+                    }
+                    return Ok(resp);
+                }
+                Err(mut e) => match e.take_message() {
+                    // The app closed a pooled connection before the request went out on it:
+                    // nothing was sent, so it goes on another.
+                    Some(unsent) if reused => req = unsent,
+                    _ => {
+                        return Err(AppError::Http1 {
+                            addr: self.addr,
+                            source: e.into_error(),
+                        });
+                    }
+                },
+            }
+        }
+    }
+
+    /// The most recently used idle connection that is still open and ready.
+    async fn take(&self) -> Option<http1::SendRequest<InBody>> {
+        loop {
+            let mut tx = {
+                let mut idle = self.idle.lock().ok()?;
+                loop {
+                    let conn = idle.pop()?;
+                    if !conn.tx.is_closed() && conn.since.elapsed() < self.idle_timeout {
+                        break conn.tx;
+                    }
+                }
+            };
+            // Handed back when its last response ended, a connection is ready at once (or as
+            // soon as its task has seen that end); an error means the app closed it meanwhile.
+            if tx.ready().await.is_ok() {
+                return Some(tx);
+            }
+        }
+    }
+
+    /// Keeps a connection whose response has ended, for the next request.
+    fn put(self: &Arc<Self>, tx: http1::SendRequest<InBody>) {
+        if tx.is_closed() {
+            return;
+        }
+        {
+            let Ok(mut idle) = self.idle.lock() else {
+                return;
+            };
+            if idle.len() >= APP_MAX_IDLE {
+                // Dropped: hyper closes the connection.
+                return;
+            }
+            idle.push(IdleConn {
+                tx,
+                since: Instant::now(),
+            });
+        }
+        if !self.reaping.swap(true, Ordering::AcqRel) {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn(reap(Arc::downgrade(self)))),
+                Err(_) => self.reaping.store(false, Ordering::Release),
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<http1::SendRequest<InBody>, AppError> {
+        let addr = self.addr;
+        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| AppError::ConnectTimeout {
+                addr,
+                timeout: self.connect_timeout,
+            })?
+            .map_err(|source| AppError::Connect { addr, source })?;
+        let _ = tcp.set_nodelay(true);
+        let (tx, conn) = http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|source| AppError::Http1 { addr, source })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(app = %addr, error = %e, "app connection ended with an error");
+            }
+        });
+        Ok(tx)
+    }
+}
+
+/// Closes connections idle past the pool's idle timeout; ends when none is left (or the pool
+/// is gone), and `put` starts it again.
+async fn reap(pool: Weak<Http1Pool>) {
+    loop {
+        let next = {
+            let Some(pool) = pool.upgrade() else {
+                return;
+            };
+            let Ok(mut idle) = pool.idle.lock() else {
+                return;
+            };
+            idle.retain(|c| !c.tx.is_closed() && c.since.elapsed() < pool.idle_timeout);
+            match idle.first() {
+                Some(oldest) => oldest.since + pool.idle_timeout,
+                None => {
+                    pool.reaping.store(false, Ordering::Release);
+                    return;
+                }
+            }
+        };
+        tokio::time::sleep_until(next.into()).await;
+    }
+}
+
+/// HTTP/1.1 wants the origin form (`/path?query`) and a Host header: from the absolute URI
+/// ward built, whose authority came from the caller's `:authority` or Host.
+fn origin_form(mut req: Request<InBody>) -> Request<InBody> {
+    if !req.headers().contains_key(http::header::HOST)
+        && let Some(host) = req
+            .uri()
+            .authority()
+            .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+    {
+        req.headers_mut().insert(http::header::HOST, host);
+    }
+    let origin = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .map_or_else(|| Uri::from_static("/"), Uri::from);
+    *req.uri_mut() = origin;
+    req
+}
+
+pin_project_lite::pin_project! {
+    /// A response body from upstream: the app, or a peer sidecar. One from a pooled HTTP/1.1
+    /// connection to the app hands the connection back to its pool when it ends (dropped
+    /// before its end, the connection closes with it).
+    #[derive(Debug)]
+    pub struct Upstream {
+        #[pin]
+        inner: Incoming,
+        back: Option<GiveBack>,
+    }
+}
+
+#[derive(Debug)]
+struct GiveBack {
+    tx: http1::SendRequest<InBody>,
+    pool: Arc<Http1Pool>,
+}
+
+impl Upstream {
+    pub fn new(inner: Incoming) -> Self {
+        Upstream { inner, back: None }
+    }
+}
+
+impl Body for Upstream {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            // hyper's server stops polling once a body says it has ended.
+            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            Poll::Ready(Some(Err(_))) => {
+                this.back.take();
+                false
+            }
+            Poll::Pending => false,
+        };
+        if ended && let Some(back) = this.back.take() {
+            back.pool.put(back.tx);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -375,5 +631,61 @@ impl PeerPool {
             generation,
             born: std::time::Instant::now(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// An idle app connection stays open for the idle timeout, then ward closes it (the app
+    /// reads EOF) and the pool is empty again.
+    #[tokio::test]
+    async fn an_idle_app_connection_is_closed_after_the_idle_timeout() {
+        let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let idle_timeout = Duration::from_millis(300);
+        let pool = Arc::new(Http1Pool {
+            addr: app.local_addr().unwrap(),
+            connect_timeout: Duration::from_secs(2),
+            idle_timeout,
+            idle: std::sync::Mutex::new(Vec::new()),
+            reaping: AtomicBool::new(false),
+        });
+        let tx = pool.connect().await.unwrap();
+        let (mut conn, _) = app.accept().await.unwrap();
+        let kept = Instant::now();
+        pool.put(tx);
+        assert_eq!(pool.idle.lock().unwrap().len(), 1);
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(3), conn.read(&mut byte)).await;
+        assert!(matches!(read, Ok(Ok(0))), "the app saw {read:?}, not EOF");
+        assert!(
+            kept.elapsed() >= idle_timeout,
+            "closed after {:?}",
+            kept.elapsed()
+        );
+        assert!(pool.idle.lock().unwrap().is_empty());
+    }
+
+    /// A pooled connection the app has closed is not handed out.
+    #[tokio::test]
+    async fn a_connection_the_app_closed_is_not_taken() {
+        let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = Arc::new(Http1Pool {
+            addr: app.local_addr().unwrap(),
+            connect_timeout: Duration::from_secs(2),
+            idle_timeout: APP_IDLE_TIMEOUT,
+            idle: std::sync::Mutex::new(Vec::new()),
+            reaping: AtomicBool::new(false),
+        });
+        let tx = pool.connect().await.unwrap();
+        let (conn, _) = app.accept().await.unwrap();
+        pool.put(tx);
+        drop(conn);
+        // Give the connection's task the moment it needs to read the EOF.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(pool.take().await.is_none());
     }
 }

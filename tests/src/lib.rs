@@ -1260,7 +1260,10 @@ pub fn read_response(s: &mut TcpStream) -> Option<HttpResponse> {
         }
         true
     };
-    let body = if let Some(len) = find("content-length").and_then(|v| v.parse::<usize>().ok()) {
+    // 1xx, 204 and 304 never have a body (RFC 9112 section 6.3).
+    let body = if status / 100 == 1 || status == 204 || status == 304 {
+        Vec::new()
+    } else if let Some(len) = find("content-length").and_then(|v| v.parse::<usize>().ok()) {
         fill(&mut rest, len);
         rest.truncate(len);
         rest

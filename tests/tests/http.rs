@@ -1402,3 +1402,91 @@ fn repeated_bursts_reuse_app_connections() {
     assert_eq!(app.count(), 128);
     pair.inbound.assert_no_panic();
 }
+
+/// The inbound's keep-alive connections to an HTTP/1.1 app: reused after responses with a
+/// body, a chunked body and no body; not reused after `Connection: close`; and a connection
+/// the app closed while it sat idle costs the next request nothing (it goes on a new one).
+#[test]
+fn app_connections_are_reused_until_the_app_closes_them() {
+    use std::io::{Read, Write};
+    // Answers by path; closes a connection idle for 300 ms, as apps with a short keep-alive
+    // timeout do (Node's default is 5 s).
+    let app = App::spawn(|mut s, _| {
+        let _ = s.set_read_timeout(Some(Duration::from_millis(300)));
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                match s.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+                continue;
+            };
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            buf.drain(..end + 4);
+            let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+            let reply: &[u8] = match path.as_str() {
+                "/no-content" => b"HTTP/1.1 204 No Content\r\n\r\n",
+                "/empty" => b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+                "/chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+                "/close" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            };
+            if s.write_all(reply).is_err() || path == "/close" {
+                return;
+            }
+        }
+    });
+    let ids = ids();
+    let pair = start_pair(&ids, &[Route::http("web", app.addr, &allow_frontend())]);
+    let mut client = std::net::TcpStream::connect(local(pair.out_ports[0])).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    let mut get = |path: &str| {
+        client
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: app\r\n\r\n").as_bytes())
+            .unwrap();
+        let r = read_response(&mut client).unwrap_or_else(|| panic!("no response to {path}"));
+        (r.status, String::from_utf8_lossy(&r.body).into_owned())
+    };
+
+    for path in [
+        "/a",
+        "/b",
+        "/no-content",
+        "/no-content",
+        "/empty",
+        "/chunked",
+        "/chunked",
+        "/c",
+    ] {
+        let (status, body) = get(path);
+        assert_eq!(status, if path == "/no-content" { 204 } else { 200 }, "{path}");
+        if path == "/chunked" {
+            assert_eq!(body, "abc");
+        }
+    }
+    assert_eq!(
+        app.connections(),
+        1,
+        "one app connection for eight requests in a row"
+    );
+
+    // The app closes the idle connection; the next request still succeeds.
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(get("/after-idle").0, 200);
+    assert_eq!(app.connections(), 2);
+
+    // `Connection: close` from the app: that connection is not used again.
+    assert_eq!(get("/close").0, 200);
+    assert_eq!(get("/d").0, 200);
+    assert_eq!(get("/e").0, 200);
+    assert_eq!(app.connections(), 3);
+
+    let statuses: Vec<Value> = requests(&pair.inbound, 12)
+        .iter()
+        .map(|r| r["status"].clone())
+        .collect();
+    assert!(statuses.iter().all(|s| s == 200 || s == 204), "{statuses:?}");
+    pair.inbound.assert_no_panic();
+}
