@@ -213,8 +213,25 @@ def build(meta, res, rss):
     row("HTTP/1.1 keep-alive, 1 conn: req/s", vals, chart_label="keep-alive 1 conn req/s")
     row("… 1 conn: p50 latency (µs)", {t: get(res, "ka1", t, "p50_us") for t in TARGETS}, better="lower")
     row("… 1 conn: p99 latency (µs)", {t: get(res, "ka1", t, "p99_us") for t in TARGETS}, better="lower")
-    row("… 1 conn: p50 added over direct (µs)", lat_added("ka1", "p50_us"), better="lower",
-        chart_label="latency added (1 conn p50)")
+    rounds = sorted(int(k[len("lat1-r"):]) for k in res if k.startswith("lat1-r") and k[len("lat1-r"):].isdigit())
+
+    def lat_rounds():
+        """Each pair's p50 added over the direct run of the same round, median over rounds."""
+        out = {}
+        for t in PROXIES:
+            added = [get(res, f"lat1-r{r}", t, "p50_us") - get(res, f"lat1-r{r}", "direct", "p50_us")
+                     for r in rounds
+                     if get(res, f"lat1-r{r}", t, "p50_us") is not None
+                     and get(res, f"lat1-r{r}", "direct", "p50_us") is not None]
+            out[t] = statistics.median(added) if added else None
+        return out
+
+    lat_median = lat_rounds()
+    row("… 1 conn: p50 added over direct (µs)", lat_added("ka1", "p50_us"), better="lower")
+    row(f"… 1 conn: p50 added over direct, median of {len(rounds)} rounds taking turns (µs)", lat_median,
+        better="lower", chart_label="latency added (1 conn p50)",
+        note="direct and each pair take turns, one short run each per round; each pair's p50 minus the "
+             "direct p50 of the same round, median over the rounds (the latency target is judged on this)")
     row("… 1 conn: CPU per request in user space, both proxies (µs)",
         {t: cpu_per_request("ka1", t, ("user",)) for t in PROXIES}, 1, better="lower", note="user " + cpu_note)
     row("… 1 conn: CPU per request in the kernel, both proxies (µs)",
@@ -282,15 +299,13 @@ def build(meta, res, rss):
     def v(scn, t, key):
         return get(res, scn, t, key)
 
-    d50 = v("ka1", "direct", "p50_us")
-    added = {t: (v("ka1", t, "p50_us") - d50) if v("ka1", t, "p50_us") is not None and d50 is not None else None
-             for t in PROXIES}
+    added = lat_median if rounds else lat_added("ka1", "p50_us")
     ward_rss_idle = max((rss.get("ward", {}).get("idle", {}) or {"x": 0}).values()) / 1024 if rss.get("ward") else None
     ward_rss_after = max((rss.get("ward", {}).get("after_load", {}) or {"x": 0}).values()) / 1024 if rss.get("ward") else None
     targets = [
         {"target": "keep-alive req/s (32 conns) ≥ 1.25× haproxy",
          "value": ratio(v("ka32", "ward", "rps"), v("ka32", "haproxy", "rps")), "goal": 1.25, "cmp": ">="},
-        {"target": "latency added at 1 conn (p50 over direct) ≤ 0.8× haproxy's",
+        {"target": "latency added at 1 conn (p50 over direct, median of the rounds) ≤ 0.8× haproxy's",
          "value": ratio(added["ward"], added["haproxy"]) if (added["haproxy"] or 0) > 0 else None,
          "goal": 0.8, "cmp": "<="},
         {"target": "new conns/s ≥ 1.5× haproxy's full-handshake rate",

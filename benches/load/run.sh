@@ -360,7 +360,7 @@ done
 WRK_LUA=$HERE/wrk-report.lua
 run_wrk() { # scenario target port conns threads [extra wrk args]
     local scenario=$1 target=$2 port=$3 conns=$4 threads=$5; shift 5
-    wrk -t "$threads" -c "$conns" -d "${SECS}s" --timeout 5s -s "$WRK_LUA" "$@" \
+    wrk -t "$threads" -c "$conns" -d "${WRK_SECS:-$SECS}s" --timeout 5s -s "$WRK_LUA" "$@" \
         "http://127.0.0.1:$port/" > "$RUN/out/${scenario}__${target}.txt" 2>&1 || true
     printf '    %-16s %-8s %s\n' "$scenario" "$target" \
         "$(grep -o 'Requests/sec: *[0-9.]*' "$RUN/out/${scenario}__${target}.txt" || echo failed)" >&2
@@ -382,6 +382,15 @@ run_wrk_cpu() { # scenario target port conns threads: run_wrk, and the CPU the p
 
 log "HTTP/1.1 keep-alive, 1 connection (${SECS}s each; and the CPU each pair spends per request)"
 for t in "${TARGETS[@]}"; do run_wrk_cpu ka1 "$t" "${H1[$t]}" 1 1; done
+# One 1-connection run per target moves by 10-20 µs with whatever the machine did just before;
+# the latency target is judged on rounds that take turns (direct, then each pair), each
+# pair's added latency taken against the direct run of its own round, and the median kept.
+LAT_ROUNDS=${WARD_BENCH_LAT_ROUNDS:-5}
+LAT_SECS=$(( SECS / 4 > 1 ? SECS / 4 : 1 ))
+log "latency at 1 connection: $LAT_ROUNDS rounds taking turns, ${LAT_SECS}s each"
+for r in $(seq 1 "$LAT_ROUNDS"); do
+    for t in "${TARGETS[@]}"; do WRK_SECS=$LAT_SECS run_wrk "lat1-r$r" "$t" "${H1[$t]}" 1 1; done
+done
 log "HTTP/1.1 keep-alive, 32 connections (and the CPU each pair spends per request)"
 for t in "${TARGETS[@]}"; do run_wrk_cpu ka32 "$t" "${H1[$t]}" 32 2; done
 log "HTTP/1.1 keep-alive, 32 connections through the tcp-mode pairs (no HTTP work in the proxies)"
