@@ -167,7 +167,7 @@ impl Http1Pool {
     async fn send(self: &Arc<Self>, req: Request<InBody>) -> Result<Response<Upstream>, AppError> {
         let mut req = origin_form(req);
         loop {
-            let (mut tx, reused) = match self.take().await {
+            let (mut tx, reused) = match self.take() {
                 Some(tx) => (tx, true),
                 None => (self.connect().await?, false),
             };
@@ -201,22 +201,27 @@ impl Http1Pool {
     }
 
     /// The most recently used idle connection that is still open and ready.
-    async fn take(&self) -> Option<http1::SendRequest<InBody>> {
+    fn take(self: &Arc<Self>) -> Option<http1::SendRequest<InBody>> {
+        let mut idle = self.idle.lock().ok()?;
         loop {
-            let mut tx = {
-                let mut idle = self.idle.lock().ok()?;
-                loop {
-                    let conn = idle.pop()?;
-                    if !conn.tx.is_closed() && conn.since.elapsed() < self.idle_timeout {
-                        break conn.tx;
-                    }
-                }
-            };
-            // Handed back when its last response ended, a connection is ready at once (or as
-            // soon as its task has seen that end); an error means the app closed it meanwhile.
-            if tx.ready().await.is_ok() {
-                return Some(tx);
+            let mut conn = idle.pop()?;
+            if conn.tx.is_closed() || conn.since.elapsed() >= self.idle_timeout {
+                continue;
             }
+            if conn.tx.is_ready() {
+                return Some(conn.tx);
+            }
+            // Handed back when its response ended, a connection is ready at once, unless the
+            // app answered before reading the whole request body and hyper is still sending
+            // it: that may take long, so this request does not wait on it; it comes back to
+            // the pool when it is free.
+            let pool = self.clone();
+            tokio::spawn(async move {
+                let free = tokio::time::timeout(pool.idle_timeout, conn.tx.ready()).await;
+                if matches!(free, Ok(Ok(()))) {
+                    pool.put(conn.tx);
+                }
+            });
         }
     }
 
@@ -292,16 +297,24 @@ async fn reap(pool: Weak<Http1Pool>) {
     }
 }
 
-/// HTTP/1.1 wants the origin form (`/path?query`) and a Host header: from the absolute URI
-/// ward built, whose authority came from the caller's `:authority` or Host.
-fn origin_form(mut req: Request<InBody>) -> Request<InBody> {
-    if !req.headers().contains_key(http::header::HOST)
-        && let Some(host) = req
-            .uri()
-            .authority()
-            .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
-    {
-        req.headers_mut().insert(http::header::HOST, host);
+/// HTTP/1.1 wants the origin form (`/path?query`) and a Host header. Host is set from the
+/// absolute URI ward built, whose authority came from the caller's `:authority`, absolute-form
+/// target or Host: the one the policy and the audit record saw (RFC 9112 section 3.2.2: a
+/// proxy replaces a Host that disagrees with the target). Userinfo and the default port 80
+/// are left out, as clients write Host.
+fn origin_form<B>(mut req: Request<B>) -> Request<B> {
+    if let Some(a) = req.uri().authority() {
+        let host = if a.as_str().contains('@') || a.port_u16() == Some(80) {
+            match a.port_u16() {
+                Some(port) if port != 80 => http::HeaderValue::from_str(&format!("{}:{port}", a.host())),
+                _ => http::HeaderValue::from_str(a.host()),
+            }
+        } else {
+            http::HeaderValue::from_str(a.as_str())
+        };
+        if let Ok(host) = host {
+            req.headers_mut().insert(http::header::HOST, host);
+        }
     }
     let origin = req
         .uri()
@@ -348,8 +361,8 @@ impl Body for Upstream {
         let polled = this.inner.as_mut().poll_frame(cx);
         let ended = match &polled {
             Poll::Ready(None) => true,
-            // hyper's server stops polling once a body says it has ended.
-            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            // hyper's servers stop polling once a body says it has ended, or after trailers.
+            Poll::Ready(Some(Ok(frame))) => frame.is_trailers() || this.inner.is_end_stream(),
             Poll::Ready(Some(Err(_))) => {
                 this.back.take();
                 false
@@ -669,6 +682,42 @@ mod tests {
         assert!(pool.idle.lock().unwrap().is_empty());
     }
 
+    #[test]
+    fn origin_form_and_host_come_from_the_authority_the_policy_saw() {
+        let req = |uri: &str, host: Option<&str>| {
+            let mut b = Request::builder().uri(uri);
+            if let Some(h) = host {
+                b = b.header(http::header::HOST, h);
+            }
+            let r = origin_form(b.body(()).unwrap());
+            (
+                r.uri().to_string(),
+                r.headers()
+                    .get_all(http::header::HOST)
+                    .iter()
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(
+            req("http://app:8080/a?b=1", None),
+            ("/a?b=1".into(), vec!["app:8080".into()])
+        );
+        assert_eq!(
+            req("http://app:8080/a", Some("evil")),
+            ("/a".into(), vec!["app:8080".into()])
+        );
+        assert_eq!(req("http://u:pw@app:80/", None), ("/".into(), vec!["app".into()]));
+        assert_eq!(
+            req("http://u@app:81/x", None),
+            ("/x".into(), vec!["app:81".into()])
+        );
+        assert_eq!(
+            req("http://[::1]:9000/", None),
+            ("/".into(), vec!["[::1]:9000".into()])
+        );
+    }
+
     /// A pooled connection the app has closed is not handed out.
     #[tokio::test]
     async fn a_connection_the_app_closed_is_not_taken() {
@@ -686,6 +735,6 @@ mod tests {
         drop(conn);
         // Give the connection's task the moment it needs to read the EOF.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(pool.take().await.is_none());
+        assert!(pool.take().is_none());
     }
 }
