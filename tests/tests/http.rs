@@ -1404,7 +1404,7 @@ fn repeated_bursts_reuse_app_connections() {
 }
 
 /// The inbound's keep-alive connections to an HTTP/1.1 app: reused after responses with a
-/// body, a chunked body and no body; not reused after `Connection: close`; and a connection
+/// body, a chunked body (with and without trailers) and no body; not reused after `Connection: close`; and a connection
 /// the app closed while it sat idle costs the next request nothing (it goes on a new one).
 #[test]
 fn app_connections_are_reused_until_the_app_closes_them() {
@@ -1430,6 +1430,7 @@ fn app_connections_are_reused_until_the_app_closes_them() {
                 "/no-content" => b"HTTP/1.1 204 No Content\r\n\r\n",
                 "/empty" => b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
                 "/chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+                "/trailers" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n3\r\nabc\r\n0\r\nx-sum: 1\r\n\r\n",
                 "/close" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
                 _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
             };
@@ -1457,12 +1458,12 @@ fn app_connections_are_reused_until_the_app_closes_them() {
         "/no-content",
         "/empty",
         "/chunked",
-        "/chunked",
+        "/trailers",
         "/c",
     ] {
         let (status, body) = get(path);
         assert_eq!(status, if path == "/no-content" { 204 } else { 200 }, "{path}");
-        if path == "/chunked" {
+        if path == "/chunked" || path == "/trailers" {
             assert_eq!(body, "abc");
         }
     }
@@ -1488,5 +1489,87 @@ fn app_connections_are_reused_until_the_app_closes_them() {
         .map(|r| r["status"].clone())
         .collect();
     assert!(statuses.iter().all(|s| s == 200 || s == 204), "{statuses:?}");
+    pair.inbound.assert_no_panic();
+}
+
+/// The app answers an upload before reading its body (as a 401 or 413 would), and the upload
+/// then stalls: the connection it is on is still busy sending, so another request must not
+/// wait for it; it gets another app connection at once.
+#[test]
+fn a_request_does_not_wait_behind_an_upload_the_app_answered_early() {
+    use std::io::{Read, Write};
+    use std::time::Instant;
+    let app = App::spawn(|mut s, _| {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                match s.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+                continue;
+            };
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            buf.drain(..end + 4);
+            // Answer first, then read (and drop) whatever body the request has.
+            if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .is_err()
+            {
+                return;
+            }
+            let mut body: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            while body > 0 {
+                let n = if buf.is_empty() {
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            buf.extend_from_slice(&chunk[..n]);
+                            continue;
+                        }
+                    }
+                } else {
+                    buf.len().min(body)
+                };
+                buf.drain(..n);
+                body -= n;
+            }
+        }
+    });
+    let ids = ids();
+    let pair = start_pair(&ids, &[Route::http("web", app.addr, &allow_frontend())]);
+    let out = pair.out_ports[0];
+    let get = |path: &str| {
+        let mut c = std::net::TcpStream::connect(local(out)).unwrap();
+        c.set_read_timeout(Some(WAIT)).unwrap();
+        c.write_all(format!("GET {path} HTTP/1.1\r\nHost: app\r\n\r\n").as_bytes())
+            .unwrap();
+        read_response(&mut c).map(|r| r.status)
+    };
+    // Warm the pair and leave one idle app connection.
+    assert_eq!(get("/warm"), Some(200));
+
+    let uploader = std::thread::spawn(move || {
+        let mut c = std::net::TcpStream::connect(local(out)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(b"POST /upload HTTP/1.1\r\nHost: app\r\nContent-Length: 20\r\n\r\n0123456789")
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(4));
+        c.write_all(b"0123456789").unwrap();
+        read_response(&mut c).map(|r| r.status)
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    let started = Instant::now();
+    assert_eq!(get("/meanwhile"), Some(200));
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(2),
+        "a request waited {waited:?} behind a stalled upload on a pooled app connection"
+    );
+    assert_eq!(uploader.join().unwrap(), Some(200));
     pair.inbound.assert_no_panic();
 }
