@@ -335,8 +335,11 @@ async fn serve_detected<S>(
     let service = {
         let (ib, shared, info) = (ib.clone(), shared.clone(), info.clone());
         let target = Arc::new(target);
+        // Boxed per request: hyper moves each stream's future several times (into the stream
+        // state, into its task); the future is about 4 KB, its box a pointer (callgrind: about
+        // 1,500 fewer instructions a request, net of the allocation).
         service_fn(move |req| {
-            request(
+            Box::pin(request(
                 ib.clone(),
                 shared.clone(),
                 info.clone(),
@@ -344,7 +347,7 @@ async fn serve_detected<S>(
                 target.clone(),
                 app.clone(),
                 req,
-            )
+            ))
         })
     };
     h::serve_connection(

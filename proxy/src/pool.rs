@@ -169,7 +169,9 @@ impl Http1Pool {
         loop {
             let (mut tx, reused) = match self.take() {
                 Some(tx) => (tx, true),
-                None => (self.connect().await?, false),
+                // Boxed: a new connection is the rare case, and its future would otherwise
+                // make every request's future larger.
+                None => (Box::pin(self.connect()).await?, false),
             };
             match tx.try_send_request(req).await {
                 Ok(resp) => {
