@@ -207,13 +207,15 @@ pub async fn pipe<A, B>(
     let (mut a, activity) = guard::metered(a, None);
     let idle = shared.settings.load().idle_timeout;
     let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+    // The idle timer and revocation are polled when they were woken, not at every wake-up
+    // of the copy.
     let outcome = tokio::select! {
         result = crate::copy::bidirectional(&mut a, &mut b, &up, &down) => match result {
             Ok(_) => Ok("closed".to_owned()),
             Err(e) => Ok(format!("error: {e}")),
         },
-        _ = activity.idle_for(idle) => Ok(format!("idle_timeout: no bytes for {idle:?}")),
-        reason = revoke => Err(reason),
+        _ = guard::OnWake::new(activity.idle_for(idle)) => Ok(format!("idle_timeout: no bytes for {idle:?}")),
+        reason = guard::OnWake::new(revoke) => Err(reason),
     };
     let (up, down) = (up.load(Ordering::Relaxed), down.load(Ordering::Relaxed));
     metrics.bytes_received.inc_by(up);

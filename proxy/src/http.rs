@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::audit::{ConnInfo, Record};
 use crate::forward::Shared;
+use crate::guard::OnWake;
 use crate::metrics::ListenerMetrics;
 
 /// Response bodies ward sends: the upstream's, streamed, or a short one of its own.
@@ -427,12 +428,23 @@ impl Drive<'_> {
     {
         let (shared, info) = (self.shared, self.info);
         tokio::pin!(conn);
-        tokio::pin!(revoke);
         let mut drain = shared.draining.subscribe();
         let mut draining = *drain.borrow_and_update();
         if draining {
             conn.as_mut().graceful_shutdown();
         }
+        // Drain and revocation are rare: each is polled when it was woken, not at every
+        // wake-up of the connection.
+        let mut revoke = OnWake::new(revoke);
+        let mut drained = OnWake::new(async move {
+            while drain.changed().await.is_ok() {
+                if *drain.borrow_and_update() {
+                    return;
+                }
+            }
+            // No sender left: no drain will come.
+            std::future::pending::<()>().await
+        });
         loop {
             tokio::select! {
                 served = conn.as_mut() => {
@@ -445,7 +457,7 @@ impl Drive<'_> {
                     }
                     return;
                 }
-                _ = drain.changed(), if !draining => {
+                () = &mut drained, if !draining => {
                     draining = true;
                     conn.as_mut().graceful_shutdown();
                 }
