@@ -511,6 +511,24 @@ impl App {
     }
 }
 
+/// For hand-written apps: reads from `s` into `buf` until a request head is complete, takes
+/// the head (without its blank line) out of `buf`, and returns it; `None` at EOF or an error.
+/// Bytes after the head stay in `buf`.
+pub fn read_request_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            buf.drain(..end + 4);
+            return Some(head);
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
 /// Connects to `port`, sends `data`, half-closes, and reads until EOF. A reset counts as the
 /// end of the reply. Every step is bounded by [`WAIT`].
 pub fn exchange(port: u16, data: &[u8]) -> Vec<u8> {

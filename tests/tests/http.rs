@@ -1408,23 +1408,13 @@ fn repeated_bursts_reuse_app_connections() {
 /// the app closed while it sat idle costs the next request nothing (it goes on a new one).
 #[test]
 fn app_connections_are_reused_until_the_app_closes_them() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     // Answers by path; closes a connection idle for 300 ms, as apps with a short keep-alive
     // timeout do (Node's default is 5 s).
     let app = App::spawn(|mut s, _| {
         let _ = s.set_read_timeout(Some(Duration::from_millis(300)));
         let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        loop {
-            let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                match s.read(&mut chunk) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-                continue;
-            };
-            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-            buf.drain(..end + 4);
+        while let Some(head) = read_request_head(&mut s, &mut buf) {
             let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
             let reply: &[u8] = match path.as_str() {
                 "/no-content" => b"HTTP/1.1 204 No Content\r\n\r\n",
@@ -1502,16 +1492,8 @@ fn a_request_does_not_wait_behind_an_upload_the_app_answered_early() {
     let app = App::spawn(|mut s, _| {
         let mut buf = Vec::new();
         let mut chunk = [0u8; 16 * 1024];
-        loop {
-            let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                match s.read(&mut chunk) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-                continue;
-            };
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            buf.drain(..end + 4);
+        while let Some(head) = read_request_head(&mut s, &mut buf) {
+            let head = head.to_ascii_lowercase();
             // Answer first, then read (and drop) whatever body the request has.
             if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                 .is_err()
