@@ -152,18 +152,36 @@ const CONFIG_POLL: Duration = Duration::from_secs(2);
 /// last good config keeps serving. Returns the new drain timeout when applied.
 async fn reload_config(path: &Path, running: &server::Running) -> Option<Duration> {
     let metrics = &running.shared.metrics;
-    let config = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
+    // Read, checked and compiled on a blocking thread (see `server::Prepared`).
+    let owned = path.to_owned();
+    let loaded = tokio::task::spawn_blocking(move || {
+        Config::load(&owned).map(|config| {
+            let prepared = server::prepare(&config);
+            (config, prepared)
+        })
+    })
+    .await;
+    let (config, prepared) = match loaded {
+        Ok(Ok(loaded)) => loaded,
+        Ok(Err(e)) => {
             metrics.reload("invalid");
             tracing::error!(error = %e, "config reload refused; keeping the last good config");
             return None;
         }
+        Err(e) => {
+            metrics.reload("invalid");
+            tracing::error!(error = %e, "config reload failed; keeping the last good config");
+            return None;
+        }
     };
-    match running.apply(&config).await {
+    let applied = match prepared {
+        Ok(prepared) => running.apply(&config, prepared).await,
+        Err(e) => Err(e),
+    };
+    match applied {
         Ok(()) => {
             metrics.reload("applied");
-            tracing::info!(config = %server::effective_json(&config), "config reloaded");
+            tracing::info!(config = %running.config_json(), "config reloaded");
             Some(config.drain_timeout)
         }
         Err(e) => {
