@@ -50,18 +50,23 @@ impl tower_service::Service<Uri> for FixedAddr {
     fn call(&mut self, _: Uri) -> Self::Future {
         let (addr, timeout) = (self.addr, self.timeout);
         Box::pin(async move {
-            let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
-                .await
-                .map_err(|_| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("connect to {addr} timed out"),
-                    )
-                })??;
-            let _ = tcp.set_nodelay(true);
-            Ok(TokioIo::new(tcp))
+            match connect_app(addr, timeout).await {
+                Ok(tcp) => Ok(TokioIo::new(tcp)),
+                Err(AppError::Connect { source, .. }) => Err(source),
+                Err(e) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, e.to_string())),
+            }
         })
     }
+}
+
+/// A TCP connection to the app at `addr` within `timeout`, Nagle off.
+async fn connect_app(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, AppError> {
+    let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| AppError::ConnectTimeout { addr, timeout })?
+        .map_err(|source| AppError::Connect { addr, source })?;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
 }
 
 /// Idle HTTP/1.1 connections kept to the app behind one inbound listener: above the 200
@@ -115,13 +120,7 @@ impl AppClient {
             .pool_timer(TokioTimer::new())
             .build(connector);
         AppClient(Arc::new(AppClients {
-            http1: Arc::new(Http1Pool {
-                addr,
-                connect_timeout,
-                idle_timeout: APP_IDLE_TIMEOUT,
-                idle: std::sync::Mutex::new(Vec::new()),
-                reaping: AtomicBool::new(false),
-            }),
+            http1: Http1Pool::new(addr, connect_timeout, APP_IDLE_TIMEOUT),
             h2c,
         }))
     }
@@ -164,6 +163,16 @@ struct IdleConn {
 }
 
 impl Http1Pool {
+    fn new(addr: SocketAddr, connect_timeout: Duration, idle_timeout: Duration) -> Arc<Self> {
+        Arc::new(Http1Pool {
+            addr,
+            connect_timeout,
+            idle_timeout,
+            idle: std::sync::Mutex::new(Vec::new()),
+            reaping: AtomicBool::new(false),
+        })
+    }
+
     async fn send(self: &Arc<Self>, req: Request<InBody>) -> Result<Response<Upstream>, AppError> {
         let mut req = origin_form(req);
         loop {
@@ -255,14 +264,7 @@ impl Http1Pool {
 
     async fn connect(&self) -> Result<http1::SendRequest<InBody>, AppError> {
         let addr = self.addr;
-        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| AppError::ConnectTimeout {
-                addr,
-                timeout: self.connect_timeout,
-            })?
-            .map_err(|source| AppError::Connect { addr, source })?;
-        let _ = tcp.set_nodelay(true);
+        let tcp = connect_app(addr, self.connect_timeout).await?;
         let (tx, conn) = http1::handshake(TokioIo::new(tcp))
             .await
             .map_err(|source| AppError::Http1 { addr, source })?;
@@ -661,13 +663,7 @@ mod tests {
     async fn an_idle_app_connection_is_closed_after_the_idle_timeout() {
         let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let idle_timeout = Duration::from_millis(300);
-        let pool = Arc::new(Http1Pool {
-            addr: app.local_addr().unwrap(),
-            connect_timeout: Duration::from_secs(2),
-            idle_timeout,
-            idle: std::sync::Mutex::new(Vec::new()),
-            reaping: AtomicBool::new(false),
-        });
+        let pool = Http1Pool::new(app.local_addr().unwrap(), Duration::from_secs(2), idle_timeout);
         let tx = pool.connect().await.unwrap();
         let (mut conn, _) = app.accept().await.unwrap();
         let kept = Instant::now();
@@ -724,13 +720,11 @@ mod tests {
     #[tokio::test]
     async fn a_connection_the_app_closed_is_not_taken() {
         let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let pool = Arc::new(Http1Pool {
-            addr: app.local_addr().unwrap(),
-            connect_timeout: Duration::from_secs(2),
-            idle_timeout: APP_IDLE_TIMEOUT,
-            idle: std::sync::Mutex::new(Vec::new()),
-            reaping: AtomicBool::new(false),
-        });
+        let pool = Http1Pool::new(
+            app.local_addr().unwrap(),
+            Duration::from_secs(2),
+            APP_IDLE_TIMEOUT,
+        );
         let tx = pool.connect().await.unwrap();
         let (conn, _) = app.accept().await.unwrap();
         pool.put(tx);

@@ -280,7 +280,7 @@ fn launch(
 /// Starts the admin server (if configured), loads the first valid identity, binds every
 /// listener and starts serving.
 pub async fn start(config: &Config, audit: AuditLog) -> Result<Running, StartError> {
-    let settings = compile(config)?;
+    let Prepared { settings, json } = prepare(config)?;
     let metrics = Arc::new(Metrics::new());
     let store = Arc::new(CredentialStore::new(TlsOptions::default()));
     let (stop_background, stop_rx) = watch::channel(false);
@@ -294,7 +294,7 @@ pub async fn start(config: &Config, audit: AuditLog) -> Result<Running, StartErr
         draining,
         open: Arc::new(OpenCount::default()),
     });
-    let config_json = Arc::new(ArcSwap::from_pointee(effective_json(config)));
+    let config_json = Arc::new(ArcSwap::from_pointee(json));
     let (listening_tx, listening_rx) = watch::channel(false);
     let (shutdown_tx, shutdown_requested) = watch::channel(false);
     let mut background = Vec::new();
