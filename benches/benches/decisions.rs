@@ -50,6 +50,15 @@ fn policy(c: &mut Criterion) {
         });
     }
     group.finish();
+    let mut group = c.benchmark_group("policy/evaluate_connection_wildcards");
+    for n in [10usize, 1_000, 10_000] {
+        let spec = ward_benches::policy_with_wildcard_rules(n, "bench");
+        let policy = Policy::compile("bench", &spec).unwrap();
+        group.bench_with_input(BenchmarkId::from_parameter(n), &policy, |b, p| {
+            b.iter(|| p.evaluate_connection(Peer::Authenticated(black_box(target))))
+        });
+    }
+    group.finish();
 }
 
 criterion_group!(benches, spiffe_id, svid, policy);

@@ -19,6 +19,22 @@ pub fn policy_with_rules(n: usize, target: &str) -> PolicySpec {
     }
 }
 
+/// A policy of `n` rules, one per namespace with a wildcard service account
+/// (`spiffe://example.org/ns/ns-{i}/sa/*`), the last of them covering `target`'s namespace.
+pub fn policy_with_wildcard_rules(n: usize, target_ns: &str) -> PolicySpec {
+    let mut rules: Vec<RuleSpec> = (0..n.saturating_sub(1))
+        .map(|i| rule(&format!("r{i}"), &format!("spiffe://example.org/ns/ns-{i}/sa/*")))
+        .collect();
+    rules.push(rule(
+        "target",
+        &format!("spiffe://example.org/ns/{target_ns}/sa/*"),
+    ));
+    PolicySpec {
+        default: DefaultAction::Deny,
+        rules,
+    }
+}
+
 fn rule(name: &str, id: &str) -> RuleSpec {
     RuleSpec {
         name: name.to_owned(),

@@ -209,6 +209,26 @@ impl Pattern {
     pub fn is_literal(&self) -> bool {
         !self.below && self.segments.iter().all(|s| matches!(s, Segment::Literal(_)))
     }
+
+    /// The text of the literal segments before the first wildcard, and how many segments that
+    /// is. Whatever a pattern with a wildcard matches starts with this text and, when the
+    /// text is not empty, a `/` right after it; a literal pattern gives all of its text.
+    pub fn literal_prefix(&self) -> (&str, usize) {
+        let n = self
+            .segments
+            .iter()
+            .take_while(|s| matches!(s, Segment::Literal(_)))
+            .count();
+        let end = match n.checked_sub(1) {
+            None => 0,
+            Some(k) => self
+                .source
+                .match_indices('/')
+                .nth(k)
+                .map_or(self.source.len(), |(i, _)| i),
+        };
+        (&self.source[..end], n)
+    }
 }
 
 fn check_trust_domain(pattern: &str, td: &str) -> Result<(), PatternError> {

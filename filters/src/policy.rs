@@ -51,38 +51,81 @@ pub struct Policy {
     name: Arc<str>,
     default: DefaultAction,
     rules: Arc<[Rule]>,
-    /// Rules whose `from` lists only exact IDs, by ID: a peer meets at most these and the
-    /// `general` ones, so a decision over 10 000 per-service rules looks at a handful.
-    by_id: Arc<HashMap<Box<str>, Vec<u32>>>,
-    /// Every other rule (wildcards, no `from`, unauthenticated), in file order.
-    general: Arc<[u32]>,
+    index: Arc<Index>,
 }
 
-/// Merges two ascending index lists: the rules a peer may meet, in file order.
-#[derive(Clone)]
-struct Candidates<'a> {
-    a: &'a [u32],
-    b: &'a [u32],
+/// Which rules a peer may meet, so a decision over 10 000 per-service rules looks at a handful
+/// instead of all of them. Every candidate still checks the peer in full; the index only
+/// leaves out rules that cannot match.
+#[derive(Debug, Default)]
+struct Index {
+    /// Rules by the exact IDs in their `from`.
+    exact: HashMap<Box<str>, Vec<u32>>,
+    /// Rules by the literal start of the wildcard patterns in their `from`, up to the `/`
+    /// before the first wildcard (`spiffe://a.org/ns/x` for `spiffe://a.org/ns/x/sa/*`): an ID
+    /// can only match if it starts with that text and a `/`.
+    prefixed: HashMap<Box<str>, Vec<u32>>,
+    /// Bit `n` is set when some key of `prefixed` has `n` segments: only those prefixes of an
+    /// ID are looked up.
+    depths: u64,
+    /// Every other rule: no `from`, unauthenticated peers, or a pattern with a wildcard trust
+    /// domain.
+    general: Vec<u32>,
 }
 
-impl Iterator for Candidates<'_> {
-    type Item = usize;
+impl Index {
+    /// A prefix needs the scheme, the empty segment after it and a literal trust domain.
+    const MIN_DEPTH: usize = 3;
+    const MAX_DEPTH: usize = 63;
 
-    fn next(&mut self) -> Option<usize> {
-        let take_a = match (self.a.first(), self.b.first()) {
-            (Some(x), Some(y)) => x < y,
-            (Some(_), None) => true,
-            (None, Some(_)) => false,
-            (None, None) => return None,
-        };
-        let (list, rest) = if take_a {
-            (self.a, &mut self.a)
-        } else {
-            (self.b, &mut self.b)
-        };
-        let (first, tail) = list.split_first()?;
-        *rest = tail;
-        Some(*first as usize)
+    fn new(rules: &[Rule]) -> Index {
+        let mut index = Index::default();
+        for (i, rule) in rules.iter().enumerate() {
+            let i = u32::try_from(i).unwrap_or(u32::MAX);
+            let Peers::Matching(patterns) = &rule.peers else {
+                index.general.push(i);
+                continue;
+            };
+            let keys = patterns.iter().map(|p| (p.is_literal(), p.literal_prefix()));
+            if keys
+                .clone()
+                .any(|(literal, (_, n))| !literal && !(Self::MIN_DEPTH..=Self::MAX_DEPTH).contains(&n))
+            {
+                index.general.push(i);
+                continue;
+            }
+            for (literal, (prefix, n)) in keys {
+                let list = if literal {
+                    index.exact.entry(prefix.into()).or_default()
+                } else {
+                    index.depths |= 1 << n;
+                    index.prefixed.entry(prefix.into()).or_default()
+                };
+                if list.last() != Some(&i) {
+                    list.push(i);
+                }
+            }
+        }
+        index
+    }
+
+    /// The rules `peer` may meet: each at least once, in no particular order.
+    fn candidates<'a>(&'a self, peer: Peer<'a>) -> impl Iterator<Item = u32> + Clone + 'a {
+        let id = peer.id().unwrap_or_default();
+        let exact = self.exact.get(id).map_or(&[][..], |v| &v[..]);
+        // The prefix of `id` before its k-th `/` (from 0) has k + 1 segments.
+        let slashes = if self.depths == 0 { "" } else { id };
+        let prefixed = slashes
+            .bytes()
+            .enumerate()
+            .filter(|&(_, b)| b == b'/')
+            .map(|(at, _)| at)
+            .enumerate()
+            .take_while(|&(k, _)| k < Self::MAX_DEPTH)
+            .filter(move |&(k, _)| self.depths & (1 << (k + 1)) != 0)
+            .filter_map(move |(_, at)| self.prefixed.get(&id[..at]))
+            .flatten();
+        exact.iter().chain(&self.general).chain(prefixed).copied()
     }
 }
 
@@ -292,42 +335,20 @@ impl Policy {
     /// Validates and compiles `spec` under `name` (the key under `policies:`).
     pub fn compile(name: &str, spec: &PolicySpec) -> Result<Policy, PolicyError> {
         let rules = compile::rules(name, &spec.rules)?;
-        let mut by_id: HashMap<Box<str>, Vec<u32>> = HashMap::new();
-        let mut general = Vec::new();
-        for (i, rule) in rules.iter().enumerate() {
-            let i = u32::try_from(i).unwrap_or(u32::MAX);
-            match &rule.peers {
-                Peers::Matching(patterns) if patterns.iter().all(|p| p.is_literal()) => {
-                    for p in patterns.iter() {
-                        let ids = by_id.entry(p.as_str().into()).or_default();
-                        if ids.last() != Some(&i) {
-                            ids.push(i);
-                        }
-                    }
-                }
-                _ => general.push(i),
-            }
-        }
         Ok(Policy {
             name: name.into(),
             default: spec.default,
+            index: Arc::new(Index::new(&rules)),
             rules: rules.into(),
-            by_id: Arc::new(by_id),
-            general: general.into(),
         })
     }
 
-    /// The rules `peer` may meet, in file order (each still checks the peer in full).
-    fn candidates<'a>(&'a self, peer: Peer<'_>) -> impl Iterator<Item = &'a Rule> + Clone + 'a {
-        let indexed = peer
-            .id()
-            .and_then(|id| self.by_id.get(id))
-            .map_or(&[][..], |v| &v[..]);
-        Candidates {
-            a: indexed,
-            b: &self.general,
-        }
-        .filter_map(|i| self.rules.get(i))
+    /// The rules `peer` may meet, with their indices, in no particular order and possibly
+    /// more than once; each still checks the peer in full.
+    fn candidates<'a>(&'a self, peer: Peer<'a>) -> impl Iterator<Item = (u32, &'a Rule)> + Clone + 'a {
+        self.index
+            .candidates(peer)
+            .filter_map(|i| Some((i, self.rules.get(i as usize)?)))
     }
 
     /// The policy's name.
@@ -339,7 +360,7 @@ impl Policy {
     pub fn evaluate_connection(&self, peer: Peer<'_>) -> Verdict {
         self.decide(
             self.candidates(peer)
-                .filter(|r| !r.http_only() && r.matches_peer(peer)),
+                .filter(|(_, r)| !r.http_only() && r.matches_peer(peer)),
         )
     }
 
@@ -347,14 +368,17 @@ impl Policy {
     pub fn evaluate_request(&self, peer: Peer<'_>, req: &Request<'_>) -> Verdict {
         self.decide(
             self.candidates(peer)
-                .filter(|r| r.matches_peer(peer) && r.matches_request(req)),
+                .filter(|(_, r)| r.matches_peer(peer) && r.matches_request(req)),
         )
     }
 
     /// For HTTP listeners at connection time: `false` only if no request from `peer` could
     /// ever be allowed, so the connection can be refused up front.
     pub fn may_allow_requests(&self, peer: Peer<'_>) -> bool {
-        let mut matching = self.candidates(peer).filter(|r| r.matches_peer(peer));
+        let mut matching = self
+            .candidates(peer)
+            .map(|(_, r)| r)
+            .filter(|r| r.matches_peer(peer));
         if matching
             .clone()
             .any(|r| r.action == Action::Deny && !r.http_only())
@@ -367,9 +391,8 @@ impl Policy {
     /// Whether an HTTP-only `deny` rule covers `peer`: traffic from it that cannot be read as
     /// HTTP must then be refused, since those rules could not be applied to it.
     pub fn denies_some_requests(&self, peer: Peer<'_>) -> bool {
-        self.rules
-            .iter()
-            .any(|r| r.action == Action::Deny && r.http_only() && r.matches_peer(peer))
+        self.candidates(peer)
+            .any(|(_, r)| r.action == Action::Deny && r.http_only() && r.matches_peer(peer))
     }
 
     /// The verdict and, for every rule in order, whether it matched and if not, why not.
@@ -391,24 +414,31 @@ impl Policy {
         Explanation { verdict, rules }
     }
 
-    fn decide<'r>(&self, matching: impl Iterator<Item = &'r Rule>) -> Verdict {
-        let mut deny = None;
-        let mut allow = None;
+    /// The verdict from the matching rules, given in any order and possibly repeated: the
+    /// first deny in file order, else the first allow, else the default; audit rules listed
+    /// once each, in file order.
+    fn decide<'r>(&self, matching: impl Iterator<Item = (u32, &'r Rule)>) -> Verdict {
+        let mut deny: Option<(u32, &Rule)> = None;
+        let mut allow: Option<(u32, &Rule)> = None;
         let mut audit = Vec::new();
-        for rule in matching {
-            match rule.action {
-                Action::Deny => {
-                    deny.get_or_insert(rule);
+        for (i, rule) in matching {
+            let first = match rule.action {
+                Action::Deny => &mut deny,
+                Action::Allow => &mut allow,
+                Action::Audit => {
+                    audit.push((i, rule));
+                    continue;
                 }
-                Action::Allow => {
-                    allow.get_or_insert(rule);
-                }
-                Action::Audit => audit.push(rule.name.clone()),
+            };
+            if first.is_none_or(|(j, _)| i < j) {
+                *first = Some((i, rule));
             }
         }
+        audit.sort_unstable_by_key(|&(i, _)| i);
+        audit.dedup_by_key(|&mut (i, _)| i);
         let (decision, rule, reason) = match (deny, allow, self.default) {
-            (Some(r), _, _) => (Decision::Deny, Some(r), Reason::DenyRule),
-            (None, Some(r), _) => (Decision::Allow, Some(r), Reason::AllowRule),
+            (Some((_, r)), _, _) => (Decision::Deny, Some(r), Reason::DenyRule),
+            (None, Some((_, r)), _) => (Decision::Allow, Some(r), Reason::AllowRule),
             (None, None, DefaultAction::Allow) => (Decision::Allow, None, Reason::DefaultAllow),
             (None, None, DefaultAction::Deny) => (Decision::Deny, None, Reason::DefaultDeny),
         };
@@ -416,7 +446,7 @@ impl Policy {
             decision,
             rule: rule.map(|r| r.name.clone()),
             reason,
-            audit,
+            audit: audit.into_iter().map(|(_, r)| r.name.clone()).collect(),
         }
     }
 }
@@ -446,13 +476,18 @@ mod tests {
 
     use proptest::prelude::*;
 
-    const IDS: [&str; 4] = [
+    const IDS: [&str; 9] = [
         "spiffe://a.org/ns/x/sa/one",
         "spiffe://a.org/ns/x/sa/two",
         "spiffe://a.org/ns/y/sa/one",
         "spiffe://b.org/ns/x/sa/one",
+        "spiffe://a.org/ns/x",
+        "spiffe://a.org/ns",
+        "spiffe://a.org",
+        "spiffe://a.org/ns/x/sa/one/extra",
+        "spiffe://a.orgx/ns/x/sa/one",
     ];
-    const FROMS: [&str; 7] = [
+    const FROMS: [&str; 14] = [
         "spiffe://a.org/ns/x/sa/one",
         "spiffe://a.org/ns/x/sa/two",
         "spiffe://a.org/ns/y/sa/one",
@@ -460,44 +495,115 @@ mod tests {
         "spiffe://a.org/**",
         "spiffe://*/ns/x/sa/one",
         "spiffe://b.org/ns/x/sa/one",
+        "spiffe://a.org/ns/*",
+        "spiffe://a.org/ns/x/**",
+        "spiffe://a.org/ns/x/sa/*",
+        "spiffe://a.org/ns/*/sa/one",
+        "spiffe://a.org/*/x/sa/one",
+        "spiffe://a.org/ns/x/sa/one/**",
+        "spiffe://*/**",
     ];
 
-    fn naive(p: &Policy, peer: Peer<'_>) -> Verdict {
-        p.decide(p.rules.iter().filter(|r| !r.http_only() && r.matches_peer(peer)))
+    /// The verdicts a walk over every rule gives, with no index.
+    fn walk(p: &Policy) -> impl Iterator<Item = (u32, &Rule)> + Clone {
+        p.rules.iter().enumerate().map(|(i, r)| (i as u32, r))
+    }
+
+    fn rule_spec() -> impl Strategy<Value = RuleSpec> {
+        (
+            0u8..3,
+            proptest::option::of(proptest::collection::vec(0usize..FROMS.len(), 1..4)),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(|(action, from, unauth, get_only)| RuleSpec {
+                name: String::new(),
+                action: [Action::Allow, Action::Deny, Action::Audit][action as usize],
+                from: if unauth {
+                    None
+                } else {
+                    from.map(|f| {
+                        f.iter()
+                            .map(|k| crate::IdPattern::parse(FROMS[*k]).unwrap())
+                            .collect()
+                    })
+                },
+                unauthenticated: unauth,
+                methods: if get_only { vec!["GET".into()] } else { Vec::new() },
+                paths: Vec::new(),
+                headers: Vec::new(),
+            })
     }
 
     proptest! {
-        /// The by-ID index only narrows what is looked at: every verdict equals the one a
-        /// walk over all rules gives.
+        /// The index only narrows what is looked at: every answer equals the one a walk over
+        /// all rules in file order gives.
         #[test]
         fn indexed_evaluation_equals_a_full_walk(
-            rules in proptest::collection::vec((0u8..3, proptest::option::of(proptest::collection::vec(0usize..7, 1..3)), any::<bool>()), 0..12),
+            rules in proptest::collection::vec(rule_spec(), 0..16),
             default_allow in any::<bool>(),
         ) {
             let rules: Vec<RuleSpec> = rules
-                .iter()
+                .into_iter()
                 .enumerate()
-                .map(|(i, (action, from, unauth))| RuleSpec {
-                    name: format!("r{i}"),
-                    action: [Action::Allow, Action::Deny, Action::Audit][*action as usize],
-                    from: if *unauth { None } else {
-                        from.as_ref().map(|f| f.iter().map(|k| crate::IdPattern::parse(FROMS[*k]).unwrap()).collect())
-                    },
-                    unauthenticated: *unauth,
-                    methods: Vec::new(),
-                    paths: Vec::new(),
-                    headers: Vec::new(),
-                })
+                .map(|(i, r)| RuleSpec { name: format!("r{i}"), ..r })
                 .collect();
             let spec = PolicySpec {
                 default: if default_allow { DefaultAction::Allow } else { DefaultAction::Deny },
                 rules,
             };
             let p = Policy::compile("p", &spec).unwrap();
-            for id in IDS {
-                prop_assert_eq!(p.evaluate_connection(Peer::Authenticated(id)), naive(&p, Peer::Authenticated(id)));
+            let peers = IDS.iter().map(|id| Peer::Authenticated(id)).chain([Peer::Unauthenticated]);
+            for peer in peers {
+                let get = Request::new("GET", "/");
+                let post = Request::new("POST", "/");
+                prop_assert_eq!(
+                    p.evaluate_connection(peer),
+                    p.decide(walk(&p).filter(|(_, r)| !r.http_only() && r.matches_peer(peer)))
+                );
+                for req in [&get, &post] {
+                    prop_assert_eq!(
+                        p.evaluate_request(peer, req),
+                        p.decide(walk(&p).filter(|(_, r)| r.matches_peer(peer) && r.matches_request(req)))
+                    );
+                }
+                let matching = walk(&p).map(|(_, r)| r).filter(|r| r.matches_peer(peer));
+                let may_allow = !matching.clone().any(|r| r.action == Action::Deny && !r.http_only())
+                    && (p.default == DefaultAction::Allow || matching.clone().any(|r| r.action == Action::Allow));
+                prop_assert_eq!(p.may_allow_requests(peer), may_allow);
+                prop_assert_eq!(
+                    p.denies_some_requests(peer),
+                    matching.clone().any(|r| r.action == Action::Deny && r.http_only())
+                );
             }
-            prop_assert_eq!(p.evaluate_connection(Peer::Unauthenticated), naive(&p, Peer::Unauthenticated));
         }
+    }
+
+    #[test]
+    fn the_first_matching_rule_in_file_order_names_the_verdict() {
+        let rule = |name: &str, action, from: &str| RuleSpec {
+            name: name.into(),
+            action,
+            from: Some(vec![crate::IdPattern::parse(from).unwrap()]),
+            unauthenticated: false,
+            methods: Vec::new(),
+            paths: Vec::new(),
+            headers: Vec::new(),
+        };
+        let spec = PolicySpec {
+            default: DefaultAction::Deny,
+            rules: vec![
+                rule("audit-late", Action::Audit, "spiffe://a.org/ns/x/sa/one"),
+                rule("allow-prefix", Action::Allow, "spiffe://a.org/ns/x/**"),
+                rule("allow-exact", Action::Allow, "spiffe://a.org/ns/x/sa/one"),
+                rule("audit-any", Action::Audit, "spiffe://*/**"),
+                rule("audit-prefix", Action::Audit, "spiffe://a.org/ns/*/sa/one"),
+            ],
+        };
+        let p = Policy::compile("p", &spec).unwrap();
+        let v = p.evaluate_connection(Peer::Authenticated("spiffe://a.org/ns/x/sa/one"));
+        assert_eq!(v.rule.as_deref(), Some("allow-prefix"));
+        let audit: Vec<&str> = v.audit.iter().map(|a| &**a).collect();
+        assert_eq!(audit, ["audit-late", "audit-any", "audit-prefix"]);
     }
 }

@@ -273,3 +273,60 @@ fn serde_strings() {
     let err = serde_json::from_str::<PathPattern>("42").unwrap_err().to_string();
     assert!(err.contains("path pattern string"), "{err}");
 }
+
+#[test]
+fn literal_prefix_stops_before_the_first_wildcard() {
+    for (pattern, prefix, n) in [
+        ("spiffe://a.org/ns/x/sa/web", "spiffe://a.org/ns/x/sa/web", 7),
+        ("spiffe://a.org/ns/*/sa/web", "spiffe://a.org/ns", 4),
+        ("spiffe://a.org/ns/x/**", "spiffe://a.org/ns/x", 5),
+        ("spiffe://a.org/**", "spiffe://a.org", 3),
+        ("spiffe://*/ns/x", "spiffe:/", 2),
+        ("*/x", "", 0),
+        ("/api/*", "/api", 2),
+    ] {
+        assert_eq!(
+            Pattern::parse(pattern).unwrap().literal_prefix(),
+            (prefix, n),
+            "{pattern}"
+        );
+    }
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn segment() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec!["a", "b", "ab", "*", ""])
+    }
+
+    proptest! {
+        /// What the policy index relies on: whatever a pattern matches starts with its literal
+        /// prefix and, unless the pattern is literal or starts with a wildcard, a `/` right
+        /// after it.
+        #[test]
+        fn matches_start_with_the_literal_prefix(
+            pattern in prop::collection::vec(segment(), 1..5),
+            below in any::<bool>(),
+            candidate in prop::collection::vec(prop::sample::select(vec!["a", "b", "ab", ""]), 1..7),
+        ) {
+            let mut pattern = pattern.join("/");
+            if below {
+                pattern.push_str("/**");
+            }
+            let candidate = candidate.join("/");
+            let Ok(p) = Pattern::parse(&pattern) else { return Ok(()) };
+            if p.matches(&candidate) {
+                let (prefix, n) = p.literal_prefix();
+                prop_assert!(candidate.starts_with(prefix), "{pattern} {candidate}");
+                prop_assert_eq!(prefix.split('/').count(), n.max(1));
+                if p.is_literal() {
+                    prop_assert_eq!(prefix, candidate.as_str());
+                } else if n > 0 {
+                    prop_assert_eq!(candidate.as_bytes().get(prefix.len()), Some(&b'/'), "{} {}", pattern, candidate);
+                }
+            }
+        }
+    }
+}
