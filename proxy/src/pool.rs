@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::client::legacy::Client;
@@ -74,7 +75,13 @@ async fn connect_app(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, A
 /// app connections, yet a burst from many peers does not stay pooled without bound.
 const APP_MAX_IDLE: usize = 256;
 /// How long an idle connection to the app is kept: after load, memory falls back within it.
+/// Shorter when the app says in `Keep-Alive: timeout=N` that it closes sooner.
 const APP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A connection idle for this long may be one the app is closing for idleness just as a
+/// request goes out on it (no app closes a connection for idleness sooner). A request on it
+/// that is safe to send twice keeps a copy, and is sent again on a new connection if the app
+/// closes before answering. Below this, no copy: busy connections cost nothing extra.
+const APP_MAY_CLOSE_IDLE_AFTER: Duration = Duration::from_millis(500);
 
 /// Pooled clients to the app behind an inbound listener; cheap to clone (every request's
 /// future holds one, so it is a pointer, not two pools).
@@ -101,6 +108,15 @@ pub enum AppError {
     #[error("HTTP/1.1 with the app at {addr}: {source}")]
     Http1 {
         addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error(
+        "HTTP/1.1 with the app at {addr}: the app closed the connection before answering, twice (once on a connection idle for {idle:?}, then on a new one): {source}"
+    )]
+    Http1Retried {
+        addr: SocketAddr,
+        idle: Duration,
         #[source]
         source: hyper::Error,
     },
@@ -158,8 +174,74 @@ struct Http1Pool {
 
 #[derive(Debug)]
 struct IdleConn {
-    tx: http1::SendRequest<InBody>,
+    tx: AppSender,
     since: Instant,
+    /// When the pool stops handing it out: the idle timeout, or sooner if the app said so.
+    until: Instant,
+}
+
+/// Request bodies on HTTP/1.1 connections to the app: the caller's, or none for a request
+/// sent again (only one with no body is).
+type AppBody = Either<InBody, Empty<Bytes>>;
+type AppSender = http1::SendRequest<AppBody>;
+
+/// A copy of a request with no body, to send again.
+fn copy_without_body<B>(req: &Request<B>) -> Request<AppBody> {
+    let mut copy = Request::new(Either::Right(Empty::new()));
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
+/// Whether a request may be sent again after the app closed the connection without an answer:
+/// an idempotent method (RFC 9110 section 9.2.2, which allows retrying those) and no body.
+fn may_send_again<B: Body>(req: &Request<B>) -> bool {
+    use http::Method;
+    matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    ) && req.body().is_end_stream()
+}
+
+/// Whether `e` says the app closed or reset the connection before its response was read.
+fn closed_before_answering(e: &hyper::Error) -> bool {
+    use std::io::ErrorKind;
+    e.is_incomplete_message()
+        || std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    ErrorKind::ConnectionReset | ErrorKind::BrokenPipe | ErrorKind::ConnectionAborted
+                )
+            })
+}
+
+/// How long to keep a connection after this response: `idle_timeout`, or less when the app's
+/// `Keep-Alive: timeout=N` (RFC 2068 19.7.1.1; Node.js sends 5 s, Apache and gunicorn less)
+/// says it closes sooner, leaving a margin of up to a second so ward stops using it first.
+fn keep_for(headers: &http::HeaderMap, idle_timeout: Duration) -> Duration {
+    static KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
+    let app = headers
+        .get(&KEEP_ALIVE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.split(',').find_map(|param| {
+                let (name, value) = param.split_once('=')?;
+                name.trim()
+                    .eq_ignore_ascii_case("timeout")
+                    .then(|| value.trim().trim_matches('"').parse::<u64>().ok())?
+            })
+        });
+    match app {
+        Some(secs) => {
+            let app = Duration::from_secs(secs);
+            idle_timeout.min(app - (app / 2).min(Duration::from_secs(1)))
+        }
+        None => idle_timeout,
+    }
 }
 
 impl Http1Pool {
@@ -174,36 +256,62 @@ impl Http1Pool {
     }
 
     async fn send(self: &Arc<Self>, req: Request<InBody>) -> Result<Response<Upstream>, AppError> {
-        let mut req = origin_form(req);
+        let mut req = origin_form(req).map(Either::Left);
+        // Set once a copy was sent again: it is not sent a third time.
+        let mut resent = None;
         loop {
-            let (mut tx, reused) = match self.take() {
-                Some(tx) => (tx, true),
+            let taken = if resent.is_none() { self.take() } else { None };
+            let (mut tx, idle) = match taken {
+                Some((tx, idle)) => (tx, Some(idle)),
                 // Boxed: a new connection is the rare case, and its future would otherwise
                 // make every request's future larger.
-                None => (Box::pin(self.connect()).await?, false),
+                None => (Box::pin(self.connect()).await?, None),
             };
+            let copy = (resent.is_none()
+                && idle.is_some_and(|idle| idle >= APP_MAY_CLOSE_IDLE_AFTER)
+                && may_send_again(&req))
+            .then(|| copy_without_body(&req));
             match tx.try_send_request(req).await {
                 Ok(resp) => {
+                    let keep = keep_for(resp.headers(), self.idle_timeout);
                     let mut resp = resp.map(Upstream::new);
                     if resp.body().is_end_stream() {
                         // No body to wait for (HEAD, 204, 304, an empty one).
-                        self.put(tx);
+                        self.put(tx, keep);
                     } else {
                         resp.body_mut().back = Some(GiveBack {
                             tx,
+                            keep,
                             pool: self.clone(),
                         });
                     }
                     return Ok(resp);
                 }
-                Err(mut e) => match e.take_message() {
+                Err(mut e) => match (e.take_message(), copy) {
                     // The app closed a pooled connection before the request went out on it:
                     // nothing was sent, so it goes on another.
-                    Some(unsent) if reused => req = unsent,
+                    (Some(unsent), _) if idle.is_some() => req = unsent,
+                    // It closed a connection idle for a while as the request went out, most
+                    // likely for idleness: the copy goes on a new connection.
+                    (None, Some(copy)) if closed_before_answering(e.error()) => {
+                        let idle = idle.unwrap_or_default();
+                        tracing::debug!(app = %self.addr, ?idle, error = %e.error(),
+                            "the app closed an idle connection as a request went out; sending it again on a new connection");
+                        resent = Some(idle);
+                        req = copy;
+                    }
                     _ => {
-                        return Err(AppError::Http1 {
-                            addr: self.addr,
-                            source: e.into_error(),
+                        let source = e.into_error();
+                        return Err(match resent {
+                            Some(idle) => AppError::Http1Retried {
+                                addr: self.addr,
+                                idle,
+                                source,
+                            },
+                            None => AppError::Http1 {
+                                addr: self.addr,
+                                source,
+                            },
                         });
                     }
                 },
@@ -211,16 +319,18 @@ impl Http1Pool {
         }
     }
 
-    /// The most recently used idle connection that is still open and ready.
-    fn take(self: &Arc<Self>) -> Option<http1::SendRequest<InBody>> {
+    /// The most recently used idle connection that is still open and ready, and how long it
+    /// was idle.
+    fn take(self: &Arc<Self>) -> Option<(AppSender, Duration)> {
         let mut idle = self.idle.lock().ok()?;
         loop {
             let mut conn = idle.pop()?;
-            if conn.tx.is_closed() || conn.since.elapsed() >= self.idle_timeout {
+            let now = Instant::now();
+            if conn.tx.is_closed() || now >= conn.until {
                 continue;
             }
             if conn.tx.is_ready() {
-                return Some(conn.tx);
+                return Some((conn.tx, now - conn.since));
             }
             // Handed back when its response ended, a connection is ready at once, unless the
             // app answered before reading the whole request body and hyper is still sending
@@ -228,17 +338,17 @@ impl Http1Pool {
             // the pool when it is free.
             let pool = self.clone();
             tokio::spawn(async move {
-                let free = tokio::time::timeout(pool.idle_timeout, conn.tx.ready()).await;
+                let free = tokio::time::timeout_at(conn.until.into(), conn.tx.ready()).await;
                 if matches!(free, Ok(Ok(()))) {
-                    pool.put(conn.tx);
+                    pool.put(conn.tx, conn.until.saturating_duration_since(Instant::now()));
                 }
             });
         }
     }
 
-    /// Keeps a connection whose response has ended, for the next request.
-    fn put(self: &Arc<Self>, tx: http1::SendRequest<InBody>) {
-        if tx.is_closed() {
+    /// Keeps a connection whose response has ended, for the next request, for at most `keep`.
+    fn put(self: &Arc<Self>, tx: AppSender, keep: Duration) {
+        if tx.is_closed() || keep.is_zero() {
             return;
         }
         {
@@ -249,9 +359,11 @@ impl Http1Pool {
                 // Dropped: hyper closes the connection.
                 return;
             }
+            let since = Instant::now();
             idle.push(IdleConn {
                 tx,
-                since: Instant::now(),
+                since,
+                until: since + keep,
             });
         }
         if !self.reaping.swap(true, Ordering::AcqRel) {
@@ -262,7 +374,7 @@ impl Http1Pool {
         }
     }
 
-    async fn connect(&self) -> Result<http1::SendRequest<InBody>, AppError> {
+    async fn connect(&self) -> Result<AppSender, AppError> {
         let addr = self.addr;
         let tcp = connect_app(addr, self.connect_timeout).await?;
         let (tx, conn) = http1::handshake(TokioIo::new(tcp))
@@ -277,8 +389,8 @@ impl Http1Pool {
     }
 }
 
-/// Closes connections idle past the pool's idle timeout; ends when none is left (or the pool
-/// is gone), and `put` starts it again.
+/// Closes connections idle past their time; ends when none is left (or the pool is gone), and
+/// `put` starts it again.
 async fn reap(pool: Weak<Http1Pool>) {
     loop {
         let next = {
@@ -288,9 +400,10 @@ async fn reap(pool: Weak<Http1Pool>) {
             let Ok(mut idle) = pool.idle.lock() else {
                 return;
             };
-            idle.retain(|c| !c.tx.is_closed() && c.since.elapsed() < pool.idle_timeout);
-            match idle.first() {
-                Some(oldest) => oldest.since + pool.idle_timeout,
+            let now = Instant::now();
+            idle.retain(|c| !c.tx.is_closed() && now < c.until);
+            match idle.iter().map(|c| c.until).min() {
+                Some(next) => next,
                 None => {
                     pool.reaping.store(false, Ordering::Release);
                     return;
@@ -343,7 +456,8 @@ pin_project_lite::pin_project! {
 
 #[derive(Debug)]
 struct GiveBack {
-    tx: http1::SendRequest<InBody>,
+    tx: AppSender,
+    keep: Duration,
     pool: Arc<Http1Pool>,
 }
 
@@ -374,7 +488,7 @@ impl Body for Upstream {
             Poll::Pending => false,
         };
         if ended && let Some(back) = this.back.take() {
-            back.pool.put(back.tx);
+            back.pool.put(back.tx, back.keep);
         }
         polled
     }
@@ -667,7 +781,7 @@ mod tests {
         let tx = pool.connect().await.unwrap();
         let (mut conn, _) = app.accept().await.unwrap();
         let kept = Instant::now();
-        pool.put(tx);
+        pool.put(tx, idle_timeout);
         assert_eq!(pool.idle.lock().unwrap().len(), 1);
         let mut byte = [0u8; 1];
         let read = tokio::time::timeout(Duration::from_secs(3), conn.read(&mut byte)).await;
@@ -678,6 +792,55 @@ mod tests {
             kept.elapsed()
         );
         assert!(pool.idle.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_app_keep_alive_timeout_shortens_the_time_a_connection_is_kept() {
+        let keep = |value: Option<&str>| {
+            let mut h = http::HeaderMap::new();
+            if let Some(v) = value {
+                h.insert("keep-alive", v.parse().unwrap());
+            }
+            keep_for(&h, Duration::from_secs(30))
+        };
+        let s = Duration::from_secs;
+        assert_eq!(keep(None), s(30));
+        assert_eq!(keep(Some("timeout=5")), s(4));
+        assert_eq!(keep(Some("timeout=5, max=1000")), s(4));
+        assert_eq!(keep(Some("max=1000,Timeout = 3")), s(2));
+        assert_eq!(keep(Some("timeout=\"2\"")), s(1));
+        assert_eq!(keep(Some("timeout=1")), Duration::from_millis(500));
+        assert_eq!(keep(Some("timeout=0")), Duration::ZERO);
+        assert_eq!(keep(Some("timeout=600")), s(30));
+        assert_eq!(keep(Some("timeout=-1")), s(30));
+        assert_eq!(keep(Some("timeout=soon")), s(30));
+        assert_eq!(keep(Some("max=5")), s(30));
+    }
+
+    #[test]
+    fn only_idempotent_requests_without_a_body_are_sent_again() {
+        let req = |method: &str, body: &'static str| {
+            Request::builder()
+                .method(method)
+                .uri("http://app/x")
+                .header("x-a", "1")
+                .body(http_body_util::Full::new(Bytes::from_static(body.as_bytes())))
+                .unwrap()
+        };
+        for m in ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"] {
+            assert!(may_send_again(&req(m, "")), "{m}");
+            assert!(!may_send_again(&req(m, "body")), "{m} with a body");
+        }
+        for m in ["POST", "PATCH", "CONNECT"] {
+            assert!(!may_send_again(&req(m, "")), "{m}");
+        }
+        let copy = copy_without_body(&req("GET", ""));
+        assert_eq!(
+            (copy.method(), copy.uri().to_string()),
+            (&http::Method::GET, "http://app/x".into())
+        );
+        assert_eq!(copy.headers()["x-a"], "1");
+        assert!(copy.body().is_end_stream());
     }
 
     #[test]
@@ -727,7 +890,7 @@ mod tests {
         );
         let tx = pool.connect().await.unwrap();
         let (conn, _) = app.accept().await.unwrap();
-        pool.put(tx);
+        pool.put(tx, APP_IDLE_TIMEOUT);
         drop(conn);
         // Give the connection's task the moment it needs to read the EOF.
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -7,6 +7,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -1479,6 +1481,133 @@ fn app_connections_are_reused_until_the_app_closes_them() {
         .map(|r| r["status"].clone())
         .collect();
     assert!(statuses.iter().all(|s| s == 200 || s == 204), "{statuses:?}");
+    pair.inbound.assert_no_panic();
+}
+
+/// The app closes a keep-alive connection just as a request arrives on it (its idle timeout
+/// fired as the request was on the way): a GET without a body is sent again on a new
+/// connection and the caller sees the app's answer; a POST is not sent twice (502); and a
+/// connection idle for only a moment gets no second try, as no app closes one that soon for
+/// idleness.
+#[test]
+fn a_request_the_app_dropped_on_an_idle_connection_is_sent_again_only_if_safe() {
+    use std::io::Write;
+    use std::sync::Mutex;
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let log = seen.clone();
+    // Answers the first request on each connection; reads any later one whose path starts
+    // with /race and closes without an answer.
+    let app = App::spawn(move |mut s, _| {
+        let mut buf = Vec::new();
+        let mut first = true;
+        while let Some(head) = read_request_head(&mut s, &mut buf) {
+            let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+            log.lock().unwrap().push(path.clone());
+            if !first && path.starts_with("/race") {
+                return;
+            }
+            first = false;
+            if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let ids = ids();
+    let pair = start_pair(&ids, &[Route::http("web", app.addr, &allow_frontend())]);
+    let mut client = std::net::TcpStream::connect(local(pair.out_ports[0])).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    let mut send = |req: &str| {
+        client.write_all(req.as_bytes()).unwrap();
+        read_response(&mut client).map(|r| r.status)
+    };
+    let times = |path: &str| seen.lock().unwrap().iter().filter(|p| *p == path).count();
+
+    assert_eq!(send("GET /warm HTTP/1.1\r\nHost: app\r\n\r\n"), Some(200));
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(send("GET /race-get HTTP/1.1\r\nHost: app\r\n\r\n"), Some(200));
+    assert_eq!(
+        times("/race-get"),
+        2,
+        "sent on the idle connection, then on a new one"
+    );
+    assert_eq!(app.connections(), 2);
+
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        send("POST /race-post HTTP/1.1\r\nHost: app\r\nContent-Length: 1\r\n\r\nx"),
+        Some(502)
+    );
+    assert_eq!(times("/race-post"), 1, "a POST is never sent twice");
+
+    // A connection handed back a moment ago: no copy is kept, so no second try.
+    let mut client = std::net::TcpStream::connect(local(pair.out_ports[0])).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    client
+        .write_all(b"GET /busy HTTP/1.1\r\nHost: app\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut client).map(|r| r.status), Some(200));
+    client
+        .write_all(b"GET /race-busy HTTP/1.1\r\nHost: app\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut client).map(|r| r.status), Some(502));
+    assert_eq!(times("/race-busy"), 1);
+
+    let statuses: Vec<Value> = requests(&pair.inbound, 5)
+        .iter()
+        .map(|r| r["status"].clone())
+        .collect();
+    assert_eq!(statuses, [200, 200, 502, 200, 502], "{statuses:?}");
+    pair.inbound.assert_no_panic();
+}
+
+/// The app says `Keep-Alive: timeout=1`: the inbound stops using the connection before that
+/// second is up, and closes it itself, so no request goes out on a connection the app is about
+/// to close. (This app would drop a request arriving after its timeout instead of answering.)
+#[test]
+fn the_app_keep_alive_timeout_is_honoured() {
+    use std::io::Write;
+    use std::time::Instant;
+    let closed_by_ward = Arc::new(AtomicUsize::new(0));
+    let closed = closed_by_ward.clone();
+    let app = App::spawn(move |mut s, _| {
+        let mut buf = Vec::new();
+        let mut last = Instant::now();
+        while let Some(_head) = read_request_head(&mut s, &mut buf) {
+            if last.elapsed() >= Duration::from_secs(1) {
+                return;
+            }
+            let reply = b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=1\r\nContent-Length: 2\r\n\r\nok";
+            if s.write_all(reply).is_err() {
+                return;
+            }
+            last = Instant::now();
+        }
+        closed.fetch_add(1, Ordering::SeqCst);
+    });
+    let ids = ids();
+    let pair = start_pair(&ids, &[Route::http("web", app.addr, &allow_frontend())]);
+    let mut client = std::net::TcpStream::connect(local(pair.out_ports[0])).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    let mut get = |path: &str| {
+        client
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: app\r\n\r\n").as_bytes())
+            .unwrap();
+        read_response(&mut client).map(|r| r.status)
+    };
+    assert_eq!(get("/a"), Some(200));
+    assert_eq!(get("/b"), Some(200));
+    assert_eq!(app.connections(), 1);
+    // Past ward's share of the app's second (half of it), before the app's own timeout.
+    std::thread::sleep(Duration::from_millis(750));
+    assert_eq!(
+        closed_by_ward.load(Ordering::SeqCst),
+        1,
+        "the inbound closes the connection before the app's timeout"
+    );
+    assert_eq!(get("/c"), Some(200));
+    assert_eq!(app.connections(), 2, "a new connection, not the expiring one");
     pair.inbound.assert_no_panic();
 }
 
