@@ -68,8 +68,8 @@ struct Index {
     /// Bit `n` is set when some key of `prefixed` has `n` segments: only those prefixes of an
     /// ID are looked up.
     depths: u64,
-    /// Every other rule: no `from`, unauthenticated peers, or a pattern with a wildcard trust
-    /// domain.
+    /// Every other rule: no `from`, unauthenticated peers, or a wildcard pattern whose literal
+    /// start is too short to index (a wildcard trust domain) or deeper than `MAX_DEPTH`.
     general: Vec<u32>,
 }
 
@@ -112,7 +112,10 @@ impl Index {
     /// The rules `peer` may meet: each at least once, in no particular order.
     fn candidates<'a>(&'a self, peer: Peer<'a>) -> impl Iterator<Item = u32> + Clone + 'a {
         let id = peer.id().unwrap_or_default();
-        let exact = self.exact.get(id).map_or(&[][..], |v| &v[..]);
+        let exact = match peer {
+            Peer::Authenticated(id) => self.exact.get(id).map_or(&[][..], |v| &v[..]),
+            Peer::Unauthenticated => &[],
+        };
         // The prefix of `id` before its k-th `/` (from 0) has k + 1 segments.
         let slashes = if self.depths == 0 { "" } else { id };
         let prefixed = slashes
@@ -577,6 +580,50 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Patterns and IDs deeper than the index's depth bits still meet their rules.
+    #[test]
+    fn very_deep_patterns_are_still_matched() {
+        let deep = |n: usize, last: &str| {
+            let mut s = "spiffe://a.org".to_owned();
+            for i in 0..n {
+                s.push_str(&format!("/s{i}"));
+            }
+            s.push('/');
+            s.push_str(last);
+            s
+        };
+        let rule = |name: &str, from: &str| RuleSpec {
+            name: name.into(),
+            action: Action::Allow,
+            from: Some(vec![crate::IdPattern::parse(from).unwrap()]),
+            unauthenticated: false,
+            methods: Vec::new(),
+            paths: Vec::new(),
+            headers: Vec::new(),
+        };
+        let spec = PolicySpec {
+            default: DefaultAction::Deny,
+            rules: vec![
+                rule("depth-61", &deep(58, "*")),
+                rule("depth-64", &deep(61, "*")),
+                rule("depth-70", &deep(67, "**")),
+            ],
+        };
+        let p = Policy::compile("p", &spec).unwrap();
+        for (id, want) in [
+            (deep(58, "x"), "depth-61"),
+            (deep(61, "x"), "depth-64"),
+            (deep(67, "x/y"), "depth-70"),
+        ] {
+            let v = p.evaluate_connection(Peer::Authenticated(&id));
+            assert_eq!(v.rule.as_deref(), Some(want), "{id}");
+        }
+        assert!(
+            !p.evaluate_connection(Peer::Authenticated(&deep(60, "x")))
+                .is_allowed()
+        );
     }
 
     #[test]

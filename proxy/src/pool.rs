@@ -4,7 +4,6 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -78,10 +77,15 @@ const APP_MAX_IDLE: usize = 256;
 /// Shorter when the app says in `Keep-Alive: timeout=N` that it closes sooner.
 const APP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A connection idle for this long may be one the app is closing for idleness just as a
-/// request goes out on it (no app closes a connection for idleness sooner). A request on it
-/// that is safe to send twice keeps a copy, and is sent again on a new connection if the app
-/// closes before answering. Below this, no copy: busy connections cost nothing extra.
+/// request goes out on it (few apps close an idle connection sooner). A request on it that is
+/// safe to send twice keeps a copy, and is sent again on a new connection if the app closes
+/// before answering, within `APP_CLOSE_RACE`. Below this, no copy: busy connections cost
+/// nothing extra.
 const APP_MAY_CLOSE_IDLE_AFTER: Duration = Duration::from_millis(500);
+/// How soon after sending the app's close must come for the request to be sent again: the
+/// idle-close race ends within a round trip, while an app that worked on a request for longer
+/// and then closed (a crash, a restart) may have acted on it, so it does not get it twice.
+const APP_CLOSE_RACE: Duration = Duration::from_millis(500);
 
 /// Pooled clients to the app behind an inbound listener; cheap to clone (every request's
 /// future holds one, so it is a pointer, not two pools).
@@ -166,10 +170,17 @@ struct Http1Pool {
     connect_timeout: Duration,
     /// How long an idle connection is kept (`APP_IDLE_TIMEOUT`).
     idle_timeout: Duration,
-    /// Idle connections, oldest first.
-    idle: std::sync::Mutex<Vec<IdleConn>>,
-    /// Whether a task is closing connections idle past `idle_timeout`.
-    reaping: AtomicBool,
+    idle: std::sync::Mutex<Idle>,
+    /// Wakes the reaper when a connection is kept for less than the one it sleeps for.
+    wake: Arc<tokio::sync::Notify>,
+}
+
+#[derive(Debug, Default)]
+struct Idle {
+    /// Idle connections, the most recently used last.
+    conns: Vec<IdleConn>,
+    /// When the reaper wakes next; `None` when there is no reaper.
+    reap_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -196,12 +207,14 @@ fn copy_without_body<B>(req: &Request<B>) -> Request<AppBody> {
 }
 
 /// Whether a request may be sent again after the app closed the connection without an answer:
-/// an idempotent method (RFC 9110 section 9.2.2, which allows retrying those) and no body.
+/// a safe method (RFC 9110 section 9.2.1) and no body. PUT and DELETE are idempotent, and RFC
+/// 9110 would allow them, but a DELETE the app carried out and a repeated one differ in what
+/// the app logs and answers, so they are not sent twice (as Go's HTTP client does not).
 fn may_send_again<B: Body>(req: &Request<B>) -> bool {
     use http::Method;
     matches!(
         *req.method(),
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
     ) && req.body().is_end_stream()
 }
 
@@ -220,8 +233,10 @@ fn closed_before_answering(e: &hyper::Error) -> bool {
 }
 
 /// How long to keep a connection after this response: `idle_timeout`, or less when the app's
-/// `Keep-Alive: timeout=N` (RFC 2068 19.7.1.1; Node.js sends 5 s, Apache and gunicorn less)
-/// says it closes sooner, leaving a margin of up to a second so ward stops using it first.
+/// `Keep-Alive: timeout=N` (RFC 2068 19.7.1.1; Node.js and Apache send 5 s) says it closes
+/// sooner, leaving a margin of up to a second so ward stops using it first. The app's clock
+/// starts when it has written the response, ward's when it has read it; a slow reader eats
+/// into the margin, and a request that still meets a close is sent again if it may be.
 fn keep_for(headers: &http::HeaderMap, idle_timeout: Duration) -> Duration {
     static KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
     let app = headers
@@ -250,8 +265,8 @@ impl Http1Pool {
             addr,
             connect_timeout,
             idle_timeout,
-            idle: std::sync::Mutex::new(Vec::new()),
-            reaping: AtomicBool::new(false),
+            idle: std::sync::Mutex::default(),
+            wake: Arc::default(),
         })
     }
 
@@ -271,6 +286,7 @@ impl Http1Pool {
                 && idle.is_some_and(|idle| idle >= APP_MAY_CLOSE_IDLE_AFTER)
                 && may_send_again(&req))
             .then(|| copy_without_body(&req));
+            let sent = copy.as_ref().map(|_| Instant::now());
             match tx.try_send_request(req).await {
                 Ok(resp) => {
                     let keep = keep_for(resp.headers(), self.idle_timeout);
@@ -293,7 +309,10 @@ impl Http1Pool {
                     (Some(unsent), _) if idle.is_some() => req = unsent,
                     // It closed a connection idle for a while as the request went out, most
                     // likely for idleness: the copy goes on a new connection.
-                    (None, Some(copy)) if closed_before_answering(e.error()) => {
+                    (None, Some(copy))
+                        if closed_before_answering(e.error())
+                            && sent.is_some_and(|t| t.elapsed() < APP_CLOSE_RACE) =>
+                    {
                         let idle = idle.unwrap_or_default();
                         tracing::debug!(app = %self.addr, ?idle, error = %e.error(),
                             "the app closed an idle connection as a request went out; sending it again on a new connection");
@@ -324,7 +343,7 @@ impl Http1Pool {
     fn take(self: &Arc<Self>) -> Option<(AppSender, Duration)> {
         let mut idle = self.idle.lock().ok()?;
         loop {
-            let mut conn = idle.pop()?;
+            let mut conn = idle.conns.pop()?;
             let now = Instant::now();
             if conn.tx.is_closed() || now >= conn.until {
                 continue;
@@ -351,26 +370,30 @@ impl Http1Pool {
         if tx.is_closed() || keep.is_zero() {
             return;
         }
-        {
-            let Ok(mut idle) = self.idle.lock() else {
-                return;
-            };
-            if idle.len() >= APP_MAX_IDLE {
-                // Dropped: hyper closes the connection.
-                return;
-            }
-            let since = Instant::now();
-            idle.push(IdleConn {
-                tx,
-                since,
-                until: since + keep,
-            });
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        if idle.conns.len() >= APP_MAX_IDLE {
+            // Dropped: hyper closes the connection.
+            return;
         }
-        if !self.reaping.swap(true, Ordering::AcqRel) {
-            match tokio::runtime::Handle::try_current() {
-                Ok(rt) => drop(rt.spawn(reap(Arc::downgrade(self)))),
-                Err(_) => self.reaping.store(false, Ordering::Release),
+        let since = Instant::now();
+        let until = since + keep;
+        idle.conns.push(IdleConn { tx, since, until });
+        match idle.reap_at {
+            // Outside a runtime (never in ward) there is no reaper; `take` skips expired ones.
+            None => {
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    idle.reap_at = Some(until);
+                    drop(rt.spawn(reap(Arc::downgrade(self), self.wake.clone())));
+                }
             }
+            // Kept for less than the reaper sleeps (the app's `Keep-Alive` said so).
+            Some(at) if until < at => {
+                idle.reap_at = Some(until);
+                self.wake.notify_one();
+            }
+            Some(_) => {}
         }
     }
 
@@ -390,8 +413,8 @@ impl Http1Pool {
 }
 
 /// Closes connections idle past their time; ends when none is left (or the pool is gone), and
-/// `put` starts it again.
-async fn reap(pool: Weak<Http1Pool>) {
+/// `put` starts it again. `put` wakes it early when a connection expires before `reap_at`.
+async fn reap(pool: Weak<Http1Pool>, wake: Arc<tokio::sync::Notify>) {
     loop {
         let next = {
             let Some(pool) = pool.upgrade() else {
@@ -401,16 +424,17 @@ async fn reap(pool: Weak<Http1Pool>) {
                 return;
             };
             let now = Instant::now();
-            idle.retain(|c| !c.tx.is_closed() && now < c.until);
-            match idle.iter().map(|c| c.until).min() {
+            idle.conns.retain(|c| !c.tx.is_closed() && now < c.until);
+            idle.reap_at = idle.conns.iter().map(|c| c.until).min();
+            match idle.reap_at {
                 Some(next) => next,
-                None => {
-                    pool.reaping.store(false, Ordering::Release);
-                    return;
-                }
+                None => return,
             }
         };
-        tokio::time::sleep_until(next.into()).await;
+        tokio::select! {
+            () = tokio::time::sleep_until(next.into()) => {}
+            () = wake.notified() => {}
+        }
     }
 }
 
@@ -782,7 +806,7 @@ mod tests {
         let (mut conn, _) = app.accept().await.unwrap();
         let kept = Instant::now();
         pool.put(tx, idle_timeout);
-        assert_eq!(pool.idle.lock().unwrap().len(), 1);
+        assert_eq!(pool.idle.lock().unwrap().conns.len(), 1);
         let mut byte = [0u8; 1];
         let read = tokio::time::timeout(Duration::from_secs(3), conn.read(&mut byte)).await;
         assert!(matches!(read, Ok(Ok(0))), "the app saw {read:?}, not EOF");
@@ -791,7 +815,33 @@ mod tests {
             "closed after {:?}",
             kept.elapsed()
         );
-        assert!(pool.idle.lock().unwrap().is_empty());
+        assert!(pool.idle.lock().unwrap().conns.is_empty());
+    }
+
+    /// A connection kept for less than one already idle (its app's `Keep-Alive` said so) is
+    /// closed at its own time, not when the reaper would have woken for the other.
+    #[tokio::test]
+    async fn a_connection_kept_briefly_is_closed_at_its_own_time() {
+        let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = Http1Pool::new(
+            app.local_addr().unwrap(),
+            Duration::from_secs(2),
+            APP_IDLE_TIMEOUT,
+        );
+        let long = pool.connect().await.unwrap();
+        let (_long_conn, _) = app.accept().await.unwrap();
+        let brief = pool.connect().await.unwrap();
+        let (mut brief_conn, _) = app.accept().await.unwrap();
+        pool.put(long, APP_IDLE_TIMEOUT);
+        // Let the reaper start its sleep towards the long one's end.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let kept = Instant::now();
+        pool.put(brief, Duration::from_millis(300));
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), brief_conn.read(&mut byte)).await;
+        assert!(matches!(read, Ok(Ok(0))), "the app saw {read:?}, not EOF");
+        assert!(kept.elapsed() >= Duration::from_millis(300));
+        assert_eq!(pool.idle.lock().unwrap().conns.len(), 1, "the long one stays");
     }
 
     #[test]
@@ -818,7 +868,7 @@ mod tests {
     }
 
     #[test]
-    fn only_idempotent_requests_without_a_body_are_sent_again() {
+    fn only_safe_requests_without_a_body_are_sent_again() {
         let req = |method: &str, body: &'static str| {
             Request::builder()
                 .method(method)
@@ -827,11 +877,11 @@ mod tests {
                 .body(http_body_util::Full::new(Bytes::from_static(body.as_bytes())))
                 .unwrap()
         };
-        for m in ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"] {
+        for m in ["GET", "HEAD", "OPTIONS", "TRACE"] {
             assert!(may_send_again(&req(m, "")), "{m}");
             assert!(!may_send_again(&req(m, "body")), "{m} with a body");
         }
-        for m in ["POST", "PATCH", "CONNECT"] {
+        for m in ["POST", "PUT", "DELETE", "PATCH", "CONNECT"] {
             assert!(!may_send_again(&req(m, "")), "{m}");
         }
         let copy = copy_without_body(&req("GET", ""));
