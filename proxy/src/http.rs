@@ -116,19 +116,27 @@ pub fn authority<B>(req: &Request<B>) -> Option<String> {
         .or_else(|| req.headers().get(header::HOST)?.to_str().ok().map(str::to_owned))
 }
 
-/// `http://<authority><path>?<query>`: the absolute form hyper's clients want. `path` is the
-/// normalized path, so the app sees what the policy saw. The authority (which may come from a
-/// caller's Host header) is parsed on its own, so it can never smuggle in a path or query.
-pub fn absolute_uri(authority: &str, path: &str, query: Option<&str>) -> Option<Uri> {
-    let authority: http::uri::Authority = authority.parse().ok()?;
-    let pq = match query {
-        Some(q) => format!("{path}?{q}"),
-        None => path.to_owned(),
+/// `http://<authority><path>?<query>`: the absolute form hyper's clients want, with the query
+/// of `original`, the request's target. `path` is the normalized path, so the app sees what
+/// the policy saw. The authority (which may come from a caller's Host header) is parsed on its
+/// own, so it can never smuggle in a path or query.
+pub fn absolute_uri(authority: String, path: &str, original: &Uri) -> Option<Uri> {
+    let authority = http::uri::Authority::from_maybe_shared(Bytes::from(authority)).ok()?;
+    let pq = match original.path_and_query() {
+        // Normalizing changed nothing (the usual case): the target's own bytes, shared.
+        Some(pq) if pq.path() == path => pq.clone(),
+        _ => {
+            let pq = match original.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.to_owned(),
+            };
+            let pq = http::uri::PathAndQuery::from_maybe_shared(Bytes::from(pq)).ok()?;
+            if pq.path() != path {
+                return None;
+            }
+            pq
+        }
     };
-    let pq: http::uri::PathAndQuery = pq.parse().ok()?;
-    if pq.path() != path {
-        return None;
-    }
     Uri::builder()
         .scheme("http")
         .authority(authority)
@@ -474,6 +482,7 @@ impl Drive<'_> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -532,14 +541,24 @@ mod tests {
 
     #[test]
     fn authority_cannot_carry_a_path() {
+        let uri = |authority: &str, path: &str, target: &str| {
+            absolute_uri(authority.into(), path, &target.parse().unwrap()).map(|u| u.to_string())
+        };
+        let absolute = "http://example.org:8080/a?x=1";
+        assert_eq!(uri("example.org:8080", "/a", "/a?x=1").as_deref(), Some(absolute));
+        // The normalized path replaces the target's; the query stays.
         assert_eq!(
-            absolute_uri("example.org:8080", "/a", Some("x=1"))
-                .map(|u| u.to_string())
-                .as_deref(),
-            Some("http://example.org:8080/a?x=1")
+            uri("example.org:8080", "/a", "/b/../a?x=1").as_deref(),
+            Some(absolute)
         );
+        assert_eq!(
+            uri("example.org:8080", "/a", "/./a?x=1").as_deref(),
+            Some(absolute)
+        );
+        assert_eq!(uri("h", "/a", "/%61").as_deref(), Some("http://h/a"));
+        assert_eq!(uri("h", "/a", "http://other/a").as_deref(), Some("http://h/a"));
         for evil in ["h/admin", "h?x", "h#f", "user@h/x", "h /x", ""] {
-            let u = absolute_uri(evil, "/ok", None);
+            let u = absolute_uri(evil.into(), "/ok", &"/ok".parse().unwrap());
             assert!(
                 u.is_none() || u.as_ref().is_some_and(|u| u.path() == "/ok"),
                 "{evil}: {u:?}"

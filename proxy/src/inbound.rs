@@ -418,7 +418,7 @@ async fn request(
         parts.headers.insert(h::XFCC.clone(), v.clone());
     }
     let host = authority.unwrap_or_else(|| target.forward.to_string());
-    let Some(uri) = h::absolute_uri(&host, &path, parts.uri.query()) else {
+    let Some(uri) = h::absolute_uri(host, &path, &parts.uri) else {
         return Ok(pending.attach(h::text(StatusCode::BAD_REQUEST, "ward: bad request target\n")));
     };
     parts.uri = uri;

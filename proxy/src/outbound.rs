@@ -441,7 +441,7 @@ async fn request(
     let (mut parts, body) = req.into_parts();
     h::strip_hop_by_hop(&mut parts.headers);
     let target = authority.unwrap_or_else(|| info.dst.to_string());
-    let Some(uri) = h::absolute_uri(&target, &path, parts.uri.query()) else {
+    let Some(uri) = h::absolute_uri(target, &path, &parts.uri) else {
         return Ok(pending.attach(h::text(StatusCode::BAD_REQUEST, "ward: bad request target\n")));
     };
     parts.uri = uri;
