@@ -230,8 +230,17 @@ impl Metrics {
             ward_filters::Decision::Allow => "allow",
             ward_filters::Decision::Deny => "deny",
         };
-        RECENT_DECISIONS.with_borrow_mut(|recent| {
-            let hit = recent.iter().position(|d| {
+        let labels = || AuthzLabels {
+            listener: listener.clone(),
+            rule: rule.clone(),
+            decision,
+        };
+        let cached = RECENT_DECISIONS.try_with(|recent| {
+            // Busy only if counting ever counted again; then the family, as below.
+            let Ok(mut recent) = recent.try_borrow_mut() else {
+                return false;
+            };
+            let hit = recent.iter().rposition(|d| {
                 d.metrics == self.id
                     && Arc::ptr_eq(&d.listener, listener)
                     && Arc::ptr_eq(&d.rule, rule)
@@ -239,16 +248,11 @@ impl Metrics {
             });
             if let Some(i) = hit {
                 recent[i].counter.inc();
-                return;
+                // The most recently used last, and the least recently used first out.
+                recent[i..].rotate_left(1);
+                return true;
             }
-            let counter = self
-                .authz
-                .get_or_create(&AuthzLabels {
-                    listener: listener.clone(),
-                    rule: rule.clone(),
-                    decision,
-                })
-                .clone();
+            let counter = self.authz.get_or_create(&labels()).clone();
             counter.inc();
             if recent.len() == RECENT_DECISIONS_KEPT {
                 recent.remove(0);
@@ -260,7 +264,13 @@ impl Metrics {
                 decision,
                 counter,
             });
+            true
         });
+        // Not cached: the thread is exiting (a request's record written as its task is
+        // dropped at shutdown).
+        if cached != Ok(true) {
+            self.authz.get_or_create(&labels()).inc();
+        }
     }
 
     pub fn rotation(&self, result: &str) {
