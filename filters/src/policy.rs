@@ -594,21 +594,12 @@ mod tests {
             s.push_str(last);
             s
         };
-        let rule = |name: &str, from: &str| RuleSpec {
-            name: name.into(),
-            action: Action::Allow,
-            from: Some(vec![crate::IdPattern::parse(from).unwrap()]),
-            unauthenticated: false,
-            methods: Vec::new(),
-            paths: Vec::new(),
-            headers: Vec::new(),
-        };
         let spec = PolicySpec {
             default: DefaultAction::Deny,
             rules: vec![
-                rule("depth-61", &deep(58, "*")),
-                rule("depth-64", &deep(61, "*")),
-                rule("depth-70", &deep(67, "**")),
+                rule("depth-61", Action::Allow, &deep(58, "*")),
+                rule("depth-64", Action::Allow, &deep(61, "*")),
+                rule("depth-70", Action::Allow, &deep(67, "**")),
             ],
         };
         let p = Policy::compile("p", &spec).unwrap();
@@ -626,9 +617,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_first_matching_rule_in_file_order_names_the_verdict() {
-        let rule = |name: &str, action, from: &str| RuleSpec {
+    /// A rule for peers matching `from`, with no HTTP condition.
+    fn rule(name: &str, action: Action, from: &str) -> RuleSpec {
+        RuleSpec {
             name: name.into(),
             action,
             from: Some(vec![crate::IdPattern::parse(from).unwrap()]),
@@ -636,7 +627,11 @@ mod tests {
             methods: Vec::new(),
             paths: Vec::new(),
             headers: Vec::new(),
-        };
+        }
+    }
+
+    #[test]
+    fn the_first_matching_rule_in_file_order_names_the_verdict() {
         let spec = PolicySpec {
             default: DefaultAction::Deny,
             rules: vec![
