@@ -64,9 +64,9 @@ pub fn init_logging(log: &LogConfig) {
     };
 }
 
-/// The main thread's event loop: with one worker it serves everything; with more it accepts,
-/// runs the admin server, reloads and identity, and hands each connection to a worker shard
-/// (`shards`), each a single-threaded event loop of its own.
+/// The main thread's event loop: it accepts, runs the admin server, reloads and identity, and
+/// serves connections; with more than one worker it is shard 0 of `shards` and hands the
+/// connections it does not keep to the others, each a single-threaded event loop of its own.
 fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
