@@ -111,11 +111,11 @@ impl Index {
 
     /// The rules `peer` may meet: each at least once, in no particular order.
     fn candidates<'a>(&'a self, peer: Peer<'a>) -> impl Iterator<Item = u32> + Clone + 'a {
+        let exact = peer
+            .id()
+            .and_then(|id| self.exact.get(id))
+            .map_or(&[][..], |v| &v[..]);
         let id = peer.id().unwrap_or_default();
-        let exact = match peer {
-            Peer::Authenticated(id) => self.exact.get(id).map_or(&[][..], |v| &v[..]),
-            Peer::Unauthenticated => &[],
-        };
         // The prefix of `id` before its k-th `/` (from 0) has k + 1 segments.
         let slashes = if self.depths == 0 { "" } else { id };
         let prefixed = slashes

@@ -795,13 +795,19 @@ mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
 
+    /// A listening stand-in for the app, and a pool to it.
+    async fn app_and_pool(idle_timeout: Duration) -> (tokio::net::TcpListener, Arc<Http1Pool>) {
+        let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = Http1Pool::new(app.local_addr().unwrap(), Duration::from_secs(2), idle_timeout);
+        (app, pool)
+    }
+
     /// An idle app connection stays open for the idle timeout, then ward closes it (the app
     /// reads EOF) and the pool is empty again.
     #[tokio::test]
     async fn an_idle_app_connection_is_closed_after_the_idle_timeout() {
-        let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let idle_timeout = Duration::from_millis(300);
-        let pool = Http1Pool::new(app.local_addr().unwrap(), Duration::from_secs(2), idle_timeout);
+        let (app, pool) = app_and_pool(idle_timeout).await;
         let tx = pool.connect().await.unwrap();
         let (mut conn, _) = app.accept().await.unwrap();
         let kept = Instant::now();
@@ -822,12 +828,7 @@ mod tests {
     /// closed at its own time, not when the reaper would have woken for the other.
     #[tokio::test]
     async fn a_connection_kept_briefly_is_closed_at_its_own_time() {
-        let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let pool = Http1Pool::new(
-            app.local_addr().unwrap(),
-            Duration::from_secs(2),
-            APP_IDLE_TIMEOUT,
-        );
+        let (app, pool) = app_and_pool(APP_IDLE_TIMEOUT).await;
         let long = pool.connect().await.unwrap();
         let (_long_conn, _) = app.accept().await.unwrap();
         let brief = pool.connect().await.unwrap();
@@ -932,12 +933,7 @@ mod tests {
     /// A pooled connection the app has closed is not handed out.
     #[tokio::test]
     async fn a_connection_the_app_closed_is_not_taken() {
-        let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let pool = Http1Pool::new(
-            app.local_addr().unwrap(),
-            Duration::from_secs(2),
-            APP_IDLE_TIMEOUT,
-        );
+        let (app, pool) = app_and_pool(APP_IDLE_TIMEOUT).await;
         let tx = pool.connect().await.unwrap();
         let (conn, _) = app.accept().await.unwrap();
         pool.put(tx, APP_IDLE_TIMEOUT);

@@ -1366,6 +1366,29 @@ fn sockets_to(port: u16, state: &str) -> usize {
         .count()
 }
 
+/// A ward pair whose inbound forwards to `app` (HTTP, the frontend allowed).
+fn pair_in_front_of(app: &App) -> (Ids, Pair) {
+    let ids = ids();
+    let pair = start_pair(&ids, &[Route::http("web", app.addr, &allow_frontend())]);
+    (ids, pair)
+}
+
+/// A keep-alive HTTP/1.1 connection to the pair's outbound.
+fn keep_alive_client(pair: &Pair) -> std::net::TcpStream {
+    let client = std::net::TcpStream::connect(local(pair.out_ports[0])).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    client
+}
+
+/// `GET path` on `client`, and its response.
+fn get_on(client: &mut std::net::TcpStream, path: &str) -> Option<HttpResponse> {
+    use std::io::Write;
+    client
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: app\r\n\r\n").as_bytes())
+        .unwrap();
+    read_response(client)
+}
+
 /// Two waves of 64 concurrent slow requests: the first opens an app connection for each, the
 /// second reuses them; the inbound closes none in between (no churn under steady
 /// concurrency, which a too-small idle pool would cause).
@@ -1436,15 +1459,10 @@ fn app_connections_are_reused_until_the_app_closes_them() {
             }
         }
     });
-    let ids = ids();
-    let pair = start_pair(&ids, &[Route::http("web", app.addr, &allow_frontend())]);
-    let mut client = std::net::TcpStream::connect(local(pair.out_ports[0])).unwrap();
-    client.set_read_timeout(Some(WAIT)).unwrap();
+    let (_ids, pair) = pair_in_front_of(&app);
+    let mut client = keep_alive_client(&pair);
     let mut get = |path: &str| {
-        client
-            .write_all(format!("GET {path} HTTP/1.1\r\nHost: app\r\n\r\n").as_bytes())
-            .unwrap();
-        let r = read_response(&mut client).unwrap_or_else(|| panic!("no response to {path}"));
+        let r = get_on(&mut client, path).unwrap_or_else(|| panic!("no response to {path}"));
         (r.status, String::from_utf8_lossy(&r.body).into_owned())
     };
 
@@ -1518,10 +1536,8 @@ fn a_request_the_app_dropped_on_an_idle_connection_is_sent_again_only_if_safe() 
             }
         }
     });
-    let ids = ids();
-    let pair = start_pair(&ids, &[Route::http("web", app.addr, &allow_frontend())]);
-    let mut client = std::net::TcpStream::connect(local(pair.out_ports[0])).unwrap();
-    client.set_read_timeout(Some(WAIT)).unwrap();
+    let (_ids, pair) = pair_in_front_of(&app);
+    let mut client = keep_alive_client(&pair);
     let mut send = |req: &str| {
         client.write_all(req.as_bytes()).unwrap();
         read_response(&mut client).map(|r| r.status)
@@ -1546,12 +1562,8 @@ fn a_request_the_app_dropped_on_an_idle_connection_is_sent_again_only_if_safe() 
     assert_eq!(times("/race-post"), 1, "a POST is never sent twice");
 
     // A GET with a body: a new connection, answered; then the race on it once idle.
-    let mut client = std::net::TcpStream::connect(local(pair.out_ports[0])).unwrap();
-    client.set_read_timeout(Some(WAIT)).unwrap();
-    client
-        .write_all(b"GET /warm-again HTTP/1.1\r\nHost: app\r\n\r\n")
-        .unwrap();
-    assert_eq!(read_response(&mut client).map(|r| r.status), Some(200));
+    let mut client = keep_alive_client(&pair);
+    assert_eq!(get_on(&mut client, "/warm-again").map(|r| r.status), Some(200));
     std::thread::sleep(Duration::from_millis(800));
     client
         .write_all(b"GET /race-body HTTP/1.1\r\nHost: app\r\nContent-Length: 1\r\n\r\nx")
@@ -1596,16 +1608,9 @@ fn the_app_keep_alive_timeout_is_honoured() {
         }
         closed.fetch_add(1, Ordering::SeqCst);
     });
-    let ids = ids();
-    let pair = start_pair(&ids, &[Route::http("web", app.addr, &allow_frontend())]);
-    let mut client = std::net::TcpStream::connect(local(pair.out_ports[0])).unwrap();
-    client.set_read_timeout(Some(WAIT)).unwrap();
-    let mut get = |path: &str| {
-        client
-            .write_all(format!("GET {path} HTTP/1.1\r\nHost: app\r\n\r\n").as_bytes())
-            .unwrap();
-        read_response(&mut client).map(|r| r.status)
-    };
+    let (_ids, pair) = pair_in_front_of(&app);
+    let mut client = keep_alive_client(&pair);
+    let mut get = |path: &str| get_on(&mut client, path).map(|r| r.status);
     assert_eq!(get("/a"), Some(200));
     assert_eq!(get("/b"), Some(200));
     let answered = Instant::now();
