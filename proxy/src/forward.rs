@@ -156,19 +156,23 @@ pub fn check_resumed(conn: &rustls::CommonState, store: &CredentialStore) -> Res
 /// Resolves with a reason once the connection must close: its peer no longer validates
 /// against the current bundles, `policy_ok` refuses it under a reloaded policy, or it reached
 /// `max_connection_lifetime`.
-pub async fn revoked(
+pub fn revoked(
     mut watch: Watch,
     store: Arc<CredentialStore>,
     chain: Option<PeerChain>,
     mut policy_ok: impl FnMut() -> Result<(), String>,
-) -> String {
-    watch
-        .revoked(|why| match why {
-            Recheck::Identity => chain.as_ref().map_or(Ok(()), |c| c.still_valid(&store)),
-            Recheck::Policy => policy_ok(),
-            Recheck::Lifetime => Ok(()),
-        })
-        .await
+) -> guard::OnWake<impl Future<Output = String>> {
+    // Boxed here (OnWake), where it is made: a connection's future that holds the watcher
+    // keeps a pointer for its whole life, not the watcher's several hundred bytes.
+    guard::OnWake::new(async move {
+        watch
+            .revoked(|why| match why {
+                Recheck::Identity => chain.as_ref().map_or(Ok(()), |c| c.still_valid(&store)),
+                Recheck::Policy => policy_ok(),
+                Recheck::Lifetime => Ok(()),
+            })
+            .await
+    })
 }
 
 /// Connects to `addr` within the connect timeout; failures are logged and audited.
@@ -198,7 +202,7 @@ pub async fn pipe<A, B>(
     info: &ConnInfo,
     metrics: &ListenerMetrics,
     started: Instant,
-    revoke: impl Future<Output = String>,
+    revoke: guard::OnWake<impl Future<Output = String>>,
 ) where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -215,7 +219,7 @@ pub async fn pipe<A, B>(
             Err(e) => Ok(format!("error: {e}")),
         },
         _ = guard::OnWake::new(activity.idle_for(idle)) => Ok(format!("idle_timeout: no bytes for {idle:?}")),
-        reason = guard::OnWake::new(revoke) => Err(reason),
+        reason = revoke => Err(reason),
     };
     let (up, down) = (up.load(Ordering::Relaxed), down.load(Ordering::Relaxed));
     metrics.bytes_received.inc_by(up);

@@ -27,6 +27,8 @@ use crate::forward::Shared;
 use crate::guard::OnWake;
 use crate::metrics::ListenerMetrics;
 
+mod park;
+
 /// Response bodies ward sends: the upstream's, streamed, or a short one of its own.
 pub type OutBody = Either<crate::pool::Upstream, Full<Bytes>>;
 
@@ -362,11 +364,11 @@ pub async fn serve_connection<I, S, B>(
     shared: &Shared,
     info: &ConnInfo,
     metrics: &ListenerMetrics,
-    revoke: impl Future<Output = String>,
+    revoke: OnWake<impl Future<Output = String>>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Unpin + Send + 'static,
+    S::Future: Unpin + Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -376,34 +378,51 @@ pub async fn serve_connection<I, S, B>(
     let started = Instant::now();
     let tally = (metrics.bytes_received.clone(), metrics.bytes_sent.clone());
     let (io, bytes) = crate::guard::counted(io, Some(tally));
-    let io = TokioIo::new(io);
     let ctx = Drive {
         shared,
         info,
         bytes: &bytes,
         started,
     };
+    // Each version's state is boxed on its own, so a connection carries only its own: an idle
+    // (parked) HTTP/1 connection a few hundred bytes, not the several KB of the HTTP/2 and
+    // auto-detecting servers' futures.
     match version {
         Version::H1 => {
-            let mut b = hyper::server::conn::http1::Builder::new();
-            b.timer(TokioTimer::new())
-                .header_read_timeout(settings.request_header_timeout);
-            ctx.drive(b.serve_connection(io, service), revoke).await;
+            Box::pin(async move {
+                let mut b = hyper::server::conn::http1::Builder::new();
+                b.timer(TokioTimer::new())
+                    .header_read_timeout(settings.request_header_timeout);
+                let parking = park::Parking {
+                    after: park::PARK_AFTER,
+                    idle_timeout: settings.request_header_timeout,
+                };
+                ctx.drive_h1(&b, io, service, parking, revoke).await;
+            })
+            .await;
         }
         Version::H2 => {
-            let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-            b.timer(TokioTimer::new()).keep_alive_interval(H2_KEEPALIVE);
-            ctx.drive(b.serve_connection(io, service), revoke).await;
+            Box::pin(async move {
+                let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                b.timer(TokioTimer::new()).keep_alive_interval(H2_KEEPALIVE);
+                ctx.drive(b.serve_connection(TokioIo::new(io), service), revoke)
+                    .await;
+            })
+            .await;
         }
         Version::Either => {
-            let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            b.http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(settings.request_header_timeout);
-            b.http2()
-                .timer(TokioTimer::new())
-                .keep_alive_interval(H2_KEEPALIVE);
-            ctx.drive(b.serve_connection(io, service), revoke).await;
+            Box::pin(async move {
+                let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                b.http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(settings.request_header_timeout);
+                b.http2()
+                    .timer(TokioTimer::new())
+                    .keep_alive_interval(H2_KEEPALIVE);
+                ctx.drive(b.serve_connection(TokioIo::new(io), service), revoke)
+                    .await;
+            })
+            .await;
         }
     }
 }
@@ -430,22 +449,22 @@ impl Drive<'_> {
         );
     }
 
-    async fn drive<C>(&self, conn: C, revoke: impl Future<Output = String>)
-    where
-        C: GracefulConnection,
-        C::Error: std::fmt::Display,
-    {
-        let (shared, info) = (self.shared, self.info);
-        tokio::pin!(conn);
-        let mut drain = shared.draining.subscribe();
-        let mut draining = *drain.borrow_and_update();
-        if draining {
-            conn.as_mut().graceful_shutdown();
-        }
-        // Drain and revocation are rare: each is polled when it was woken, not at every
-        // wake-up of the connection.
-        let mut revoke = OnWake::new(revoke);
-        let mut drained = OnWake::new(async move {
+    /// The connection was revoked: the deny and the access record.
+    fn revoked(&self, reason: &str) {
+        let info = self.info;
+        tracing::info!(listener = %info.listener, peer = info.peer_id.as_deref(), %reason, "closing a live connection");
+        self.shared
+            .record(&info.decided(ward_filters::Decision::Deny, None, reason.to_owned()));
+        self.access("revoked");
+    }
+
+    /// Whether ward is draining now, and a future that resolves once it starts (never if it
+    /// already has). Drain and revocation are rare: each is polled when it was woken, not at
+    /// every wake-up of the connection.
+    fn drain_watch(&self) -> (bool, OnWake<impl Future<Output = ()> + use<>>) {
+        let mut drain = self.shared.draining.subscribe();
+        let draining = *drain.borrow_and_update();
+        let drained = OnWake::new(async move {
             while drain.changed().await.is_ok() {
                 if *drain.borrow_and_update() {
                     return;
@@ -454,6 +473,67 @@ impl Drive<'_> {
             // No sender left: no drain will come.
             std::future::pending::<()>().await
         });
+        (draining, drained)
+    }
+
+    /// Serves an HTTP/1 connection, parking it while idle ([`park`]).
+    async fn drive_h1<I, S, B>(
+        &self,
+        builder: &hyper::server::conn::http1::Builder,
+        io: I,
+        service: S,
+        parking: park::Parking,
+        mut revoke: OnWake<impl Future<Output = String>>,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
+            + Clone
+            + Unpin
+            + Send
+            + 'static,
+        S::Future: Unpin + Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (mut draining, mut drained) = self.drain_watch();
+        let (ended, parks) = park::serve(
+            builder,
+            io,
+            service,
+            parking,
+            self.bytes,
+            &mut draining,
+            &mut drained,
+            &mut revoke,
+        )
+        .await;
+        let info = self.info;
+        match ended {
+            park::Ended::Closed => self.access(if draining { "drained" } else { "closed" }),
+            park::Ended::Http(e) => {
+                tracing::debug!(listener = %info.listener, src = %info.src, error = %e, parks, "HTTP connection ended with an error");
+                self.access(&format!("error: {e}"));
+            }
+            park::Ended::Io(e) => {
+                tracing::debug!(listener = %info.listener, src = %info.src, error = %e, parks, "HTTP connection ended with an error");
+                self.access(&format!("error: {e}"));
+            }
+            park::Ended::Revoked(reason) => self.revoked(&reason),
+        }
+    }
+
+    async fn drive<C>(&self, conn: C, mut revoke: OnWake<impl Future<Output = String>>)
+    where
+        C: GracefulConnection,
+        C::Error: std::fmt::Display,
+    {
+        let info = self.info;
+        tokio::pin!(conn);
+        let (mut draining, mut drained) = self.drain_watch();
+        if draining {
+            conn.as_mut().graceful_shutdown();
+        }
         loop {
             tokio::select! {
                 served = conn.as_mut() => {
@@ -471,9 +551,7 @@ impl Drive<'_> {
                     conn.as_mut().graceful_shutdown();
                 }
                 reason = &mut revoke => {
-                    tracing::info!(listener = %info.listener, peer = info.peer_id.as_deref(), %reason, "closing a live connection");
-                    shared.record(&info.decided(ward_filters::Decision::Deny, None, reason));
-                    self.access("revoked");
+                    self.revoked(&reason);
                     return;
                 }
             }

@@ -238,7 +238,7 @@ async fn handle(
                         &info,
                         &ob.metrics,
                         started,
-                        std::future::pending(),
+                        crate::guard::OnWake::new(std::future::pending()),
                     )
                     .await;
                 }

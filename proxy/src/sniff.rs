@@ -172,6 +172,11 @@ impl<S> Rewind<S> {
     pub fn new(prefix: Bytes, inner: S) -> Self {
         Rewind { prefix, inner }
     }
+
+    /// The prefix bytes not yet read, and the stream.
+    pub fn into_parts(self) -> (Bytes, S) {
+        (self.prefix, self.inner)
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {

@@ -1633,6 +1633,45 @@ fn the_app_keep_alive_timeout_is_honoured() {
     pair.inbound.assert_no_panic();
 }
 
+/// A keep-alive connection from the app that stays quiet past the second after which ward
+/// parks it (hyper's buffers given back) is served as before: the same connection, each
+/// request once, one access record with every byte.
+#[test]
+fn a_keep_alive_connection_quiet_past_parking_is_served_as_before() {
+    use std::io::Write;
+    let app = App::spawn(move |mut s, _| {
+        let mut buf = Vec::new();
+        while read_request_head(&mut s, &mut buf).is_some() {
+            if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let (_ids, pair) = pair_in_front_of(&app);
+    let mut client = keep_alive_client(&pair);
+    for path in ["/a", "/b", "/c"] {
+        let r = get_on(&mut client, path);
+        assert_eq!(r.map(|r| r.status), Some(200), "{path}");
+        std::thread::sleep(Duration::from_millis(2500));
+    }
+    drop(client);
+    let access = pair
+        .outbound
+        .wait_record("the client connection's access record", |r| {
+            r["kind"] == "access" && r["listener"] == "web"
+        });
+    let request = "GET /a HTTP/1.1\r\nHost: app\r\n\r\n".len();
+    assert_eq!(access["bytes_in"], 3 * request, "{access}");
+    assert_eq!(access["reason"], "closed", "{access}");
+    let records = pair.outbound.records();
+    let requests = records.iter().filter(|r| r["kind"] == "request").count();
+    let accesses = records.iter().filter(|r| r["kind"] == "access").count();
+    assert_eq!((requests, accesses), (3, 1), "{records:?}");
+    pair.outbound.assert_no_panic();
+}
+
 /// The app answers an upload before reading its body (as a 401 or 413 would), and the upload
 /// then stalls: the connection it is on is still busy sending, so another request must not
 /// wait for it; it gets another app connection at once.
