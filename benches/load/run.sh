@@ -345,7 +345,10 @@ for t in "${PROXIES[@]}"; do
         kill -0 "$HOLD" 2>/dev/null || break
         sleep 0.1
     done
-    sleep 1
+    # Measured 3 s after the last connection's request: ward parks an HTTP/1 connection
+    # (gives hyper's buffers back) after one to two quiet seconds; the other proxies are
+    # measured after the same wait.
+    sleep 3
     front_after=$(rss_kib "${PID[$t-out]}"); back_after=$(rss_kib "${PID[$t-in]}")
     opened=$(cat "$RUN/out/idle__$t.ready" 2>/dev/null || echo 0)
     kill -TERM "$HOLD" 2>/dev/null || true

@@ -90,7 +90,8 @@ pub struct Config {
     /// An opaque TCP connection with no bytes either way for this long is closed.
     #[serde(default = "default_idle_timeout", with = "duration")]
     pub idle_timeout: Duration,
-    /// An HTTP/1 client must send a whole request head within this.
+    /// An HTTP/1 client must send a whole request head within this; a keep-alive connection
+    /// idle this long between requests is closed.
     #[serde(default = "default_request_header_timeout", with = "duration")]
     pub request_header_timeout: Duration,
     /// On SIGTERM: how long open connections and requests get to finish.
