@@ -511,11 +511,7 @@ impl Drive<'_> {
         let info = self.info;
         match ended {
             park::Ended::Closed => self.access(if draining { "drained" } else { "closed" }),
-            park::Ended::Http(e) => {
-                tracing::debug!(listener = %info.listener, src = %info.src, error = %e, parks, "HTTP connection ended with an error");
-                self.access(&format!("error: {e}"));
-            }
-            park::Ended::Io(e) => {
+            park::Ended::Failed(e) => {
                 tracing::debug!(listener = %info.listener, src = %info.src, error = %e, parks, "HTTP connection ended with an error");
                 self.access(&format!("error: {e}"));
             }

@@ -11,8 +11,13 @@
 //! Parking never changes what the client sees, and never lets bytes be read twice or as
 //! something else:
 //! - It is tried only when every request hyper handed over has had its response dropped
-//!   (sent), at least one since the connection was last parked, and nothing moved for a whole
-//!   [`PARK_AFTER`]: a slow app or a long poll keeps its connection as it is.
+//!   (sent), at least one since the connection was last parked, nothing moved for a whole
+//!   [`PARK_AFTER`], and no write is waiting for the client: a slow app, a long poll or a
+//!   slow reader keeps its connection as it is.
+//! - ... and only when the last request was HTTP/1.1 with no body, no `Connection: close`, no
+//!   upgrade and no CONNECT: then hyper has read all of it, and (as hyper parses a request
+//!   only after the one before it is read) all before it. A connection whose last request had
+//!   a body is not parked until a request without one follows.
 //! - `graceful_shutdown` ends an idle hyper connection at once. One that is not idle (a
 //!   request body still unread, a response still unflushed) goes on, closes after its exchange
 //!   as hyper would for any `Connection: close`, and is not parked: so the unread rest of a
@@ -26,7 +31,7 @@ use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -61,10 +66,8 @@ pub struct Parking {
 pub enum Ended {
     /// The client or hyper closed it, or a parked connection timed out.
     Closed,
-    /// hyper ended it with an error.
-    Http(hyper::Error),
-    /// Reading a parked connection's next bytes failed.
-    Io(io::Error),
+    /// hyper ended it with an error, or reading a parked connection's next bytes failed.
+    Failed(String),
     /// The revocation watcher resolved, with its reason.
     Revoked(String),
 }
@@ -101,8 +104,12 @@ where
     let mut io = Rewind::new(Bytes::new(), io);
     let mut parks = 0;
     loop {
+        let io_watched = Watched {
+            inner: io,
+            exchanges: exchanges.clone(),
+        };
         // Boxed: the parked connection's task keeps no room for hyper's connection state.
-        let mut conn = Box::new(builder.serve_connection(TokioIo::new(io), service.clone()));
+        let mut conn = Box::new(builder.serve_connection(TokioIo::new(io_watched), service.clone()));
         if *draining {
             Pin::new(&mut *conn).graceful_shutdown();
         }
@@ -117,10 +124,10 @@ where
             tokio::select! {
                 served = poll_fn(|cx| conn.poll_without_shutdown(cx)) => {
                     if let Err(e) = served {
-                        return (Ended::Http(e), parks);
+                        return (Ended::Failed(e.to_string()), parks);
                     }
                     // Done: the socket is shut as hyper would have.
-                    let _ = (*conn).into_parts().io.into_inner().shutdown().await;
+                    close((*conn).into_parts().io.into_inner()).await;
                     return (Ended::Closed, parks);
                 }
                 () = &mut *drained, if !*draining => {
@@ -131,12 +138,17 @@ where
                 () = &mut tick, if !*draining && !closing => {
                     let now = (bytes.get(), exchanges.counts());
                     let (started, finished) = now.1;
-                    if now == seen && started == finished && started > since_park {
+                    if now == seen
+                        && started == finished
+                        && started > since_park
+                        && exchanges.last_leaves_idle.load(Relaxed)
+                        && !exchanges.write_blocked.load(Relaxed)
+                    {
                         Pin::new(&mut *conn).graceful_shutdown();
                         // An idle connection is done at once; any other goes on.
                         match poll_fn(|cx| Poll::Ready(conn.poll_without_shutdown(cx))).await {
                             Poll::Ready(Ok(())) => break,
-                            Poll::Ready(Err(e)) => return (Ended::Http(e), parks),
+                            Poll::Ready(Err(e)) => return (Ended::Failed(e.to_string()), parks),
                             Poll::Pending => closing = true,
                         }
                     }
@@ -150,7 +162,7 @@ where
         let hyper::server::conn::http1::Parts {
             io: parked, read_buf, ..
         } = (*conn).into_parts();
-        let (left, mut inner) = parked.into_inner().into_parts();
+        let (left, mut inner) = parked.into_inner().inner.into_parts();
         let unread = join(read_buf, left);
         let unread = if unread.is_empty() {
             // Dropped: even empty, hyper's `read_buf` keeps its whole read buffer alive.
@@ -160,17 +172,20 @@ where
             drop(unread);
             tokio::select! {
                 read = first_bytes(&mut inner) => match read {
-                    Ok(b) if b.is_empty() => return (Ended::Closed, parks),
+                    Ok(b) if b.is_empty() => {
+                        close(inner).await;
+                        return (Ended::Closed, parks);
+                    }
                     Ok(b) => b,
-                    Err(e) => return (Ended::Io(e), parks),
+                    Err(e) => return (Ended::Failed(e.to_string()), parks),
                 },
                 () = tokio::time::sleep_until(deadline) => {
-                    let _ = inner.shutdown().await;
+                    close(inner).await;
                     return (Ended::Closed, parks);
                 }
                 () = &mut *drained, if !*draining => {
                     *draining = true;
-                    let _ = inner.shutdown().await;
+                    close(inner).await;
                     return (Ended::Closed, parks);
                 }
                 reason = &mut *revoke => return (Ended::Revoked(reason), parks),
@@ -179,6 +194,82 @@ where
             unread
         };
         io = Rewind::new(unread, inner);
+    }
+}
+
+/// Shuts the socket (a TLS close_notify, a FIN), as hyper would have; a client that reads
+/// nothing cannot hold the task for long.
+async fn close<S: AsyncWrite + Unpin>(mut io: S) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+}
+
+/// Whether hyper is idle, every byte of the request read, once this request's response is
+/// sent: HTTP/1.1 with no body, keeping the connection alive, upgrading nothing.
+fn leaves_idle(req: &Request<Incoming>) -> bool {
+    let closes = req.headers().get_all(http::header::CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+    });
+    req.version() == http::Version::HTTP_11
+        && req.body().is_end_stream()
+        && req.method() != http::Method::CONNECT
+        && !req.headers().contains_key(http::header::UPGRADE)
+        && !closes
+}
+
+pin_project_lite::pin_project! {
+    /// The connection's stream as hyper sees it: notes whether its last write or flush had to
+    /// wait for the client (one store per call).
+    struct Watched<S> {
+        #[pin]
+        inner: S,
+        exchanges: Arc<Exchanges>,
+    }
+}
+
+impl<S: AsyncRead> AsyncRead for Watched<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite> Watched<S> {
+    fn note<T>(blocked: &AtomicBool, polled: Poll<T>) -> Poll<T> {
+        blocked.store(polled.is_pending(), Relaxed);
+        polled
+    }
+}
+
+impl<S: AsyncWrite> AsyncWrite for Watched<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        Self::note(&this.exchanges.write_blocked, this.inner.poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.project();
+        Self::note(&this.exchanges.write_blocked, this.inner.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        Self::note(
+            &this.exchanges.write_blocked,
+            this.inner.poll_write_vectored(cx, bufs),
+        )
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }
 
@@ -212,6 +303,10 @@ fn first_bytes<S: AsyncRead + Unpin>(io: &mut S) -> impl Future<Output = io::Res
 struct Exchanges {
     started: AtomicU64,
     finished: AtomicU64,
+    /// The last request leaves hyper idle once answered ([`leaves_idle`]).
+    last_leaves_idle: AtomicBool,
+    /// The last write or flush waited for the client.
+    write_blocked: AtomicBool,
 }
 
 impl Exchanges {
@@ -251,6 +346,7 @@ where
     type Future = Tracking<S::Future>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
+        self.exchanges.last_leaves_idle.store(leaves_idle(&req), Relaxed);
         self.exchanges.started.fetch_add(1, Relaxed);
         Tracking {
             inner: self.inner.call(req),
@@ -470,15 +566,21 @@ mod tests {
     }
 
     /// The app answers before reading a request's body, and the client goes quiet in the
-    /// middle of the body: the connection is not idle, so it is never parked, and the rest
-    /// of the body is never read as a request.
+    /// middle of the body (with or without `Connection: close`, which makes hyper's answer
+    /// its last): the connection is never parked, and the rest of the body is never read as
+    /// a request.
     #[tokio::test]
     async fn the_unread_rest_of_a_body_is_never_read_as_a_request() {
+        unread_rest("").await;
+        unread_rest("Connection: close\r\n").await;
+    }
+
+    async fn unread_rest(header: &str) {
         let (_tx, rx) = tokio::sync::oneshot::channel();
         let (mut c, paths, server) = start(parking(Duration::from_secs(10)), Duration::ZERO, rx).await;
         let smuggled = get("/smuggled");
         let head = format!(
-            "POST /upload HTTP/1.1\r\nHost: app\r\nContent-Length: {}\r\n\r\n",
+            "POST /upload HTTP/1.1\r\nHost: app\r\n{header}Content-Length: {}\r\n\r\n",
             4 + smuggled.len()
         );
         c.write_all(head.as_bytes()).await.unwrap();
@@ -486,9 +588,11 @@ mod tests {
         assert_eq!(response(&mut c).await.1, "/upload");
         tokio::time::sleep(AFTER * 4).await;
         let _ = c.write_all(smuggled.as_bytes()).await;
+        // hyper reads those bytes as the body they are, or closes; nothing answers them.
         let mut rest = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest)).await;
+        let _ = tokio::time::timeout(AFTER * 8, c.read_to_end(&mut rest)).await;
         assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+        drop(c);
         let (ended, parks, _) = tokio::time::timeout(Duration::from_secs(5), server)
             .await
             .unwrap()
