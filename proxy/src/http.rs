@@ -511,6 +511,10 @@ impl Drive<'_> {
         let info = self.info;
         match ended {
             park::Ended::Closed => self.access(if draining { "drained" } else { "closed" }),
+            park::Ended::IdleTimeout => self.access(&format!(
+                "idle_timeout: no request within {:?}",
+                parking.idle_timeout
+            )),
             park::Ended::Failed(e) => {
                 tracing::debug!(listener = %info.listener, src = %info.src, error = %e, parks, "HTTP connection ended with an error");
                 self.access(&format!("error: {e}"));

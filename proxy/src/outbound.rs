@@ -257,11 +257,16 @@ async fn handle(
             // HTTP machinery (and its buffers) is made once the first bytes arrive.
             // (peek waits for the first bytes; readable() may wake without any.)
             let idle = shared.settings.load().idle_timeout;
-            let first = tokio::select! {
-                r = tokio::time::timeout(idle, sniff::peek_http(&app)) => r.ok(),
-                // A drain does not wait for an app that never sent a request.
-                _ = shared.drained() => None,
-            };
+            // Boxed, as the waits below: their timers and peek buffers would otherwise stay
+            // in the task of every connection for its whole life, idle or parked.
+            let first = Box::pin(async {
+                tokio::select! {
+                    r = tokio::time::timeout(idle, sniff::peek_http(&app)) => r.ok(),
+                    // A drain does not wait for an app that never sent a request.
+                    _ = shared.drained() => None,
+                }
+            })
+            .await;
             match first {
                 Some(d) => d,
                 None => return,
@@ -269,7 +274,12 @@ async fn handle(
         }
         Protocol::Auto => {
             let settings = shared.settings();
-            sniff::peek_tcp(&app, settings.idle_timeout, settings.detect_timeout).await
+            Box::pin(sniff::peek_tcp(
+                &app,
+                settings.idle_timeout,
+                settings.detect_timeout,
+            ))
+            .await
         }
     };
     if detected == Detected::Silent {

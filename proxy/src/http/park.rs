@@ -25,7 +25,8 @@
 //! - Bytes hyper read but did not parse yet (the start of a next request head) come back from
 //!   `into_parts` and are served first by the next hyper connection.
 //! - A parked connection with no request for the rest of `request_header_timeout` is closed,
-//!   as hyper closes an idle keep-alive connection.
+//!   as hyper closes an idle keep-alive connection (recorded as `idle_timeout`, where hyper's
+//!   own close of one it still holds reads `error: read header from client timeout`).
 
 use std::future::{Future, poll_fn};
 use std::io;
@@ -64,8 +65,10 @@ pub struct Parking {
 /// How a served HTTP/1 connection ended.
 #[derive(Debug)]
 pub enum Ended {
-    /// The client or hyper closed it, or a parked connection timed out.
+    /// The client or hyper closed it.
     Closed,
+    /// A parked connection had no request within `request_header_timeout`.
+    IdleTimeout,
     /// hyper ended it with an error, or reading a parked connection's next bytes failed.
     Failed(String),
     /// The revocation watcher resolved, with its reason.
@@ -181,7 +184,7 @@ where
                 },
                 () = tokio::time::sleep_until(deadline) => {
                     close(inner).await;
-                    return (Ended::Closed, parks);
+                    return (Ended::IdleTimeout, parks);
                 }
                 () = &mut *drained, if !*draining => {
                     *draining = true;
@@ -620,7 +623,7 @@ mod tests {
         );
         let (ended, parks, draining) = server.await.unwrap();
         assert!(
-            matches!(ended, Ended::Closed) && parks == 1 && !draining,
+            matches!(ended, Ended::IdleTimeout) && parks == 1 && !draining,
             "{ended:?} {parks}"
         );
 
