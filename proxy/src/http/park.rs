@@ -125,13 +125,15 @@ where
         tokio::pin!(tick);
         loop {
             tokio::select! {
-                served = poll_fn(|cx| conn.poll_without_shutdown(cx)) => {
-                    if let Err(e) = served {
-                        return (Ended::Failed(e.to_string()), parks);
-                    }
-                    // Done: the socket is shut as hyper would have.
-                    close((*conn).into_parts().io.into_inner()).await;
-                    return (Ended::Closed, parks);
+                // hyper's own end, as its connection future does it: what it has to send is
+                // flushed, then the socket shut (`poll_without_shutdown` would hand the socket
+                // back with the end of a response still in hyper's buffer).
+                served = &mut *conn => {
+                    let ended = match served {
+                        Ok(()) => Ended::Closed,
+                        Err(e) => Ended::Failed(e.to_string()),
+                    };
+                    return (ended, parks);
                 }
                 () = &mut *drained, if !*draining => {
                     *draining = true;
@@ -429,8 +431,11 @@ mod tests {
 
     type Paths = Arc<Mutex<Vec<String>>>;
 
+    /// Larger than loopback's socket buffers.
+    const BIG: usize = 16 << 20;
+
     /// Serves one connection with `parking`; the service answers each request with its path
-    /// after `delay`, without reading its body (held unread for a while). Returns the client's socket, the paths the
+    /// (`/big`: [`BIG`] bytes) after `delay`, without reading its body (held unread for a while). Returns the client's socket, the paths the
     /// service saw, and the server's end. `drain` resolves the drain watcher.
     async fn start(
         parking: Parking,
@@ -444,7 +449,10 @@ mod tests {
         let seen = paths.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             seen.lock().unwrap().push(req.uri().path().to_owned());
-            let body = Full::new(Bytes::from(req.uri().path().to_owned()));
+            let body = match req.uri().path() {
+                "/big" => Full::new(Bytes::from(vec![b'x'; BIG])),
+                path => Full::new(Bytes::from(path.to_owned())),
+            };
             // The request's body is kept a while, unread, as a proxy's upstream may.
             let unread = req.into_body();
             tokio::spawn(async move {
@@ -602,6 +610,30 @@ mod tests {
             .unwrap();
         assert_eq!(parks, 0, "{ended:?}");
         assert_eq!(*paths.lock().unwrap(), ["/upload"]);
+    }
+
+    /// A last response (`Connection: close`) larger than the socket buffers, answered before
+    /// the request's body was read, to a client that reads only later: it arrives whole
+    /// before the close.
+    #[tokio::test]
+    async fn a_last_response_is_flushed_whole_before_the_close() {
+        let (_tx, rx) = tokio::sync::oneshot::channel();
+        let (mut c, _, server) = start(parking(Duration::from_secs(10)), Duration::ZERO, rx).await;
+        let head = "POST /big HTTP/1.1\r\nHost: app\r\nConnection: close\r\nContent-Length: 4\r\n\r\n";
+        c.write_all(head.as_bytes()).await.unwrap();
+        tokio::time::sleep(AFTER * 2).await;
+        c.write_all(b"data").await.unwrap();
+        // The service drops the unread body meanwhile, so hyper is done but for the flush.
+        tokio::time::sleep(AFTER * 8).await;
+        let mut all = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut all))
+            .await
+            .unwrap()
+            .unwrap();
+        let end = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert_eq!(all.len() - end, BIG, "{}", String::from_utf8_lossy(&all[..end]));
+        let (ended, parks, _) = server.await.unwrap();
+        assert!(matches!(ended, Ended::Closed) && parks == 0, "{ended:?} {parks}");
     }
 
     #[tokio::test]
