@@ -170,8 +170,9 @@ pin_project_lite::pin_project! {
         last: Option<Arc<AtomicU64>>,
         start: Instant,
         tally: Option<(Counter, Counter)>,
-        // Some: the totals each way, for a [`counted`] stream's owner.
-        bytes: Option<Arc<[AtomicU64; 2]>>,
+        // Some: for a [`counted`] stream's owner, the totals each way, and 1 while the last
+        // write or flush waits for the peer.
+        bytes: Option<Arc<[AtomicU64; 3]>>,
     }
 }
 
@@ -214,7 +215,7 @@ pub fn metered<S>(inner: S, tally: Option<(Counter, Counter)>) -> (Metered<S>, A
 
 /// The byte counts of a [`counted`] stream.
 #[derive(Debug, Clone)]
-pub struct ByteCount(Arc<[AtomicU64; 2]>);
+pub struct ByteCount(Arc<[AtomicU64; 3]>);
 
 impl ByteCount {
     /// Bytes read from and written to the stream so far.
@@ -224,11 +225,16 @@ impl ByteCount {
             self.0[1].load(Ordering::Relaxed),
         )
     }
+
+    /// Whether the last write or flush had to wait for the peer (it is not reading).
+    pub fn write_waits(&self) -> bool {
+        self.0[2].load(Ordering::Relaxed) != 0
+    }
 }
 
 /// [`metered`] without the activity stamp (no clock read per I/O call): counts bytes only.
 pub fn counted<S>(inner: S, tally: Option<(Counter, Counter)>) -> (Metered<S>, ByteCount) {
-    let bytes = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+    let bytes = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
     (
         Metered {
             inner,
@@ -242,6 +248,13 @@ pub fn counted<S>(inner: S, tally: Option<(Counter, Counter)>) -> (Metered<S>, B
 }
 
 impl<S> Metered<S> {
+    /// For a [`counted`] stream: whether its last write or flush waits for the peer.
+    fn note_wait(bytes: Option<&Arc<[AtomicU64; 3]>>, waits: bool) {
+        if let Some(b) = bytes {
+            b[2].store(u64::from(waits), Ordering::Relaxed);
+        }
+    }
+
     fn note(
         last: Option<&Arc<AtomicU64>>,
         start: Instant,
@@ -284,6 +297,7 @@ impl<S: AsyncWrite> AsyncWrite for Metered<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.project();
         let r = this.inner.poll_write(cx, buf);
+        Self::note_wait(this.bytes.as_ref(), r.is_pending());
         if let Poll::Ready(Ok(n)) = r {
             Self::note(
                 this.last.as_ref(),
@@ -297,7 +311,10 @@ impl<S: AsyncWrite> AsyncWrite for Metered<S> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_flush(cx)
+        let this = self.project();
+        let r = this.inner.poll_flush(cx);
+        Self::note_wait(this.bytes.as_ref(), r.is_pending());
+        r
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -311,6 +328,7 @@ impl<S: AsyncWrite> AsyncWrite for Metered<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let r = this.inner.poll_write_vectored(cx, bufs);
+        Self::note_wait(this.bytes.as_ref(), r.is_pending());
         if let Poll::Ready(Ok(n)) = r {
             Self::note(
                 this.last.as_ref(),

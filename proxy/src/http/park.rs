@@ -107,12 +107,8 @@ where
     let mut io = Rewind::new(Bytes::new(), io);
     let mut parks = 0;
     loop {
-        let io_watched = Watched {
-            inner: io,
-            exchanges: exchanges.clone(),
-        };
         // Boxed: the parked connection's task keeps no room for hyper's connection state.
-        let mut conn = Box::new(builder.serve_connection(TokioIo::new(io_watched), service.clone()));
+        let mut conn = Box::new(builder.serve_connection(TokioIo::new(io), service.clone()));
         if *draining {
             Pin::new(&mut *conn).graceful_shutdown();
         }
@@ -147,7 +143,7 @@ where
                         && started == finished
                         && started > since_park
                         && exchanges.last_leaves_idle.load(Relaxed)
-                        && !exchanges.write_blocked.load(Relaxed)
+                        && !bytes.write_waits()
                     {
                         Pin::new(&mut *conn).graceful_shutdown();
                         // An idle connection is done at once; any other goes on.
@@ -167,7 +163,7 @@ where
         let hyper::server::conn::http1::Parts {
             io: parked, read_buf, ..
         } = (*conn).into_parts();
-        let (left, mut inner) = parked.into_inner().inner.into_parts();
+        let (left, mut inner) = parked.into_inner().into_parts();
         let unread = join(read_buf, left);
         let unread = if unread.is_empty() {
             // Dropped: even empty, hyper's `read_buf` keeps its whole read buffer alive.
@@ -223,61 +219,6 @@ fn leaves_idle(req: &Request<Incoming>) -> bool {
         && !closes
 }
 
-pin_project_lite::pin_project! {
-    /// The connection's stream as hyper sees it: notes whether its last write or flush had to
-    /// wait for the client (one store per call).
-    struct Watched<S> {
-        #[pin]
-        inner: S,
-        exchanges: Arc<Exchanges>,
-    }
-}
-
-impl<S: AsyncRead> AsyncRead for Watched<S> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite> Watched<S> {
-    fn note<T>(blocked: &AtomicBool, polled: Poll<T>) -> Poll<T> {
-        blocked.store(polled.is_pending(), Relaxed);
-        polled
-    }
-}
-
-impl<S: AsyncWrite> AsyncWrite for Watched<S> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        Self::note(&this.exchanges.write_blocked, this.inner.poll_write(cx, buf))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.project();
-        Self::note(&this.exchanges.write_blocked, this.inner.poll_flush(cx))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        Self::note(
-            &this.exchanges.write_blocked,
-            this.inner.poll_write_vectored(cx, bufs),
-        )
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
-
 /// Bytes hyper read but did not parse, then any of the last prefix it did not read.
 fn join(read_buf: Bytes, left: Bytes) -> Bytes {
     if left.is_empty() {
@@ -310,8 +251,6 @@ struct Exchanges {
     finished: AtomicU64,
     /// The last request leaves hyper idle once answered ([`leaves_idle`]).
     last_leaves_idle: AtomicBool,
-    /// The last write or flush waited for the client.
-    write_blocked: AtomicBool,
 }
 
 impl Exchanges {
@@ -502,8 +441,17 @@ mod tests {
     /// Reads one response (head and its Content-Length body); returns the head and the body.
     async fn response(c: &mut TcpStream) -> (String, String) {
         let mut got = Vec::new();
-        let mut buf = [0u8; 1024];
+        let mut buf = vec![0u8; 64 << 10];
+        // The head's end and the body's length, once the head is in.
+        let mut framed: Option<(usize, usize)> = None;
         loop {
+            if let Some((end, len)) = framed
+                && got.len() >= end + len
+            {
+                let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                let body = String::from_utf8_lossy(&got[end..end + len]).into_owned();
+                return (head, body);
+            }
             let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
                 .await
                 .unwrap()
@@ -514,16 +462,15 @@ mod tests {
                 String::from_utf8_lossy(&got)
             );
             got.extend_from_slice(&buf[..n]);
-            let text = String::from_utf8_lossy(&got).into_owned();
-            if let Some(end) = text.find("\r\n\r\n") {
-                let head = text[..end].to_ascii_lowercase();
+            if framed.is_none()
+                && let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n")
+            {
+                let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
                 let len: usize = head
                     .lines()
                     .find_map(|l| l.strip_prefix("content-length: "))
                     .map_or(0, |v| v.trim().parse().unwrap());
-                if text.len() >= end + 4 + len {
-                    return (head, text[end + 4..end + 4 + len].to_owned());
-                }
+                framed = Some((end + 4, len));
             }
         }
     }
@@ -574,6 +521,25 @@ mod tests {
         assert!(matches!(ended, Ended::Closed), "{ended:?}");
         assert_eq!(parks, 0, "parked while an answer was on its way");
         assert_eq!(paths.lock().unwrap().len(), 2);
+    }
+
+    /// A client that stops reading in the middle of a large response is a slow reader, not an
+    /// idle one: its connection is left alone and stays open for its next request.
+    #[tokio::test]
+    async fn a_slow_reader_keeps_its_connection() {
+        let (_tx, rx) = tokio::sync::oneshot::channel();
+        let (mut c, paths, server) = start(parking(Duration::from_secs(10)), Duration::ZERO, rx).await;
+        c.write_all(get("/big").as_bytes()).await.unwrap();
+        tokio::time::sleep(AFTER * 5).await;
+        let (head, body) = response(&mut c).await;
+        assert_eq!(body.len(), BIG);
+        assert!(!head.contains("connection: close"), "{head}");
+        c.write_all(get("/a").as_bytes()).await.unwrap();
+        assert_eq!(response(&mut c).await.1, "/a");
+        drop(c);
+        let (ended, _, _) = server.await.unwrap();
+        assert!(matches!(ended, Ended::Closed), "{ended:?}");
+        assert_eq!(*paths.lock().unwrap(), ["/big", "/a"]);
     }
 
     /// The app answers before reading a request's body, and the client goes quiet in the
