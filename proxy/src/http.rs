@@ -397,7 +397,21 @@ pub async fn serve_connection<I, S, B>(
                     after: park::PARK_AFTER,
                     idle_timeout: settings.request_header_timeout,
                 };
-                ctx.drive_h1(&b, io, service, parking, revoke).await;
+                // Served, parked while idle ([`park`]), until it ends.
+                let mut revoke = revoke;
+                let (mut draining, mut drained) = ctx.drain_watch();
+                let (ended, parks) = park::serve(
+                    &b,
+                    io,
+                    service,
+                    parking,
+                    ctx.bytes,
+                    &mut draining,
+                    &mut drained,
+                    &mut revoke,
+                )
+                .await;
+                ctx.h1_ended(ended, parks, draining, parking);
             })
             .await;
         }
@@ -476,38 +490,8 @@ impl Drive<'_> {
         (draining, drained)
     }
 
-    /// Serves an HTTP/1 connection, parking it while idle ([`park`]).
-    async fn drive_h1<I, S, B>(
-        &self,
-        builder: &hyper::server::conn::http1::Builder,
-        io: I,
-        service: S,
-        parking: park::Parking,
-        mut revoke: OnWake<impl Future<Output = String>>,
-    ) where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
-            + Clone
-            + Unpin
-            + Send
-            + 'static,
-        S::Future: Unpin + Send + 'static,
-        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-        B: Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        let (mut draining, mut drained) = self.drain_watch();
-        let (ended, parks) = park::serve(
-            builder,
-            io,
-            service,
-            parking,
-            self.bytes,
-            &mut draining,
-            &mut drained,
-            &mut revoke,
-        )
-        .await;
+    /// The records of an HTTP/1 connection [`park::serve`] ended.
+    fn h1_ended(&self, ended: park::Ended, parks: u32, draining: bool, parking: park::Parking) {
         let info = self.info;
         match ended {
             park::Ended::Closed => self.access(if draining { "drained" } else { "closed" }),

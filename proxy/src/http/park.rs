@@ -112,7 +112,7 @@ where
         if *draining {
             Pin::new(&mut *conn).graceful_shutdown();
         }
-        let since_park = exchanges.started();
+        let since_park = exchanges.counts().0;
         let mut seen = (bytes.get(), exchanges.counts());
         // Set once hyper was told to close a connection that was not idle: it ends after its
         // exchange and is not parked.
@@ -207,16 +207,19 @@ async fn close<S: AsyncWrite + Unpin>(mut io: S) {
 /// Whether hyper is idle, every byte of the request read, once this request's response is
 /// sent: HTTP/1.1 with no body, keeping the connection alive, upgrading nothing.
 fn leaves_idle(req: &Request<Incoming>) -> bool {
-    let closes = req.headers().get_all(http::header::CONNECTION).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-    });
+    // The header lookups last: a request with a body is settled without them.
+    let closes = || {
+        req.headers().get_all(http::header::CONNECTION).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+        })
+    };
     req.version() == http::Version::HTTP_11
         && req.body().is_end_stream()
         && req.method() != http::Method::CONNECT
         && !req.headers().contains_key(http::header::UPGRADE)
-        && !closes
+        && !closes()
 }
 
 /// Bytes hyper read but did not parse, then any of the last prefix it did not read.
@@ -254,10 +257,6 @@ struct Exchanges {
 }
 
 impl Exchanges {
-    fn started(&self) -> u64 {
-        self.started.load(Relaxed)
-    }
-
     fn counts(&self) -> (u64, u64) {
         (self.started.load(Relaxed), self.finished.load(Relaxed))
     }
