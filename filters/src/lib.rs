@@ -9,7 +9,7 @@ pub mod pattern;
 pub mod policy;
 pub mod verdict;
 
-pub use normalize::{PathError, normalize_path};
+pub use normalize::{PathError, normalize_path, normalize_target};
 pub use pattern::{IdPattern, PathPattern, Pattern, PatternError};
 pub use policy::{
     Action, DefaultAction, Explanation, HeaderSpec, Headers, Peer, Policy, PolicyError, PolicySpec, Request,

@@ -11,7 +11,12 @@
 //! - a raw `\` or `;` is refused too: some servers read `\` as `/`, and some (Tomcat, Spring)
 //!   drop `;parameters` from a segment, so either could show the app another path than the
 //!   policy saw;
-//! - a trailing `/` is kept (`/a/` and `/a` are different resources).
+//! - a raw or percent-encoded control byte (NUL, CR, LF, any of `%00`-`%1F`, `%7F`) is
+//!   refused: apps that decode it may cut the path there or log another line;
+//! - the request target `*` is not a path: it is taken only with OPTIONS, by the caller
+//!   ([`normalize_target`]);
+//! - a trailing `/` is kept for the app (`/a/` and `/a` can be different resources); path
+//!   rules read it as not significant (see `PathPattern::matches_path`).
 
 use std::borrow::Cow;
 
@@ -30,6 +35,10 @@ pub enum PathError {
     Ambiguous,
     #[error("the path climbs above the root with '..'")]
     AboveRoot,
+    #[error("the path has a control character (raw or percent-encoded, such as %00 or %0A)")]
+    Control,
+    #[error("the request target '*' is only valid with OPTIONS")]
+    Asterisk,
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -55,16 +64,36 @@ fn is_normal(path: &str) -> bool {
         && !path.ends_with("/..")
 }
 
-/// Normalizes the path part of a request target (no query). `*` (OPTIONS) passes unchanged.
+fn is_control(b: u8) -> bool {
+    b < 0x20 || b == 0x7f
+}
+
+/// Normalizes the path of a request target for `method`: the asterisk form `*` is kept for
+/// OPTIONS (RFC 9112 section 3.2.4) and refused with any other method; every other target
+/// goes through [`normalize_path`].
+pub fn normalize_target<'a>(method: &str, path: &'a str) -> Result<Cow<'a, str>, PathError> {
+    match path {
+        "*" if method == "OPTIONS" => Ok(Cow::Borrowed(path)),
+        "*" => Err(PathError::Asterisk),
+        _ => normalize_path(path),
+    }
+}
+
+/// Normalizes the path part of a request target (no query).
 pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
     if path == "*" {
-        return Ok(Cow::Borrowed(path));
+        return Err(PathError::Asterisk);
     }
     if !path.starts_with('/') {
         return Err(PathError::NotAbsolute);
     }
-    if path.contains(['\\', ';']) {
-        return Err(PathError::Ambiguous);
+    // One pass for the bytes refused wherever they stand.
+    if let Some(b) = path.bytes().find(|&b| b == b'\\' || b == b';' || is_control(b)) {
+        return Err(if is_control(b) {
+            PathError::Control
+        } else {
+            PathError::Ambiguous
+        });
     }
     if is_normal(path) {
         return Ok(Cow::Borrowed(path));
@@ -92,6 +121,9 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
         }
         if v == b';' {
             return Err(PathError::Ambiguous);
+        }
+        if is_control(v) {
+            return Err(PathError::Control);
         }
         if is_unreserved(v) {
             decoded.push(v as char);
@@ -139,7 +171,7 @@ mod tests {
 
     #[test]
     fn normal_paths_are_borrowed() {
-        for p in ["/", "/a", "/a/b/", "/a.b/c..d/.e", "*"] {
+        for p in ["/", "/a", "/a/b/", "/a.b/c..d/.e"] {
             assert!(matches!(normalize_path(p), Ok(Cow::Borrowed(_))), "{p}");
         }
     }
@@ -169,6 +201,21 @@ mod tests {
         assert_eq!(n("/admin%3bx/y"), Err(PathError::Ambiguous));
         assert_eq!(n("a/b"), Err(PathError::NotAbsolute));
         assert_eq!(n("/.").unwrap(), "/");
+        for bad in [
+            "/a%00", "/a%0a/b", "/a%0D", "/%1f", "/a%7F", "/a\u{0}b", "/a\nb", "/a\u{7f}",
+        ] {
+            assert_eq!(n(bad), Err(PathError::Control), "{bad:?}");
+        }
+        assert_eq!(n("*"), Err(PathError::Asterisk));
+    }
+
+    #[test]
+    fn the_asterisk_form_is_only_for_options() {
+        assert_eq!(normalize_target("OPTIONS", "*").as_deref(), Ok("*"));
+        for m in ["GET", "POST", "options", "DELETE"] {
+            assert_eq!(normalize_target(m, "*"), Err(PathError::Asterisk), "{m}");
+        }
+        assert_eq!(normalize_target("GET", "/a/../b").as_deref(), Ok("/b"));
     }
 
     proptest! {

@@ -5,6 +5,10 @@
 //! everything below: one or more segments, the first of them non-empty. Wildcards must be whole
 //! segments, so `spiffe://example.org/ns/a/*` never matches `spiffe://example.org/ns/ab/x`.
 //!
+//! Request paths are matched with [`PathPattern::matches_path`], which reads them the way
+//! app routers may: a trailing `/` is not significant (`/admin/` is `/admin`), a final `/**`
+//! covers the path itself too (`/admin/**` covers `/admin`), and deny rules may fold case.
+//!
 //! The matcher is written by hand on purpose: glob libraries (globset and friends) let `*` match
 //! part of a segment and `**` match zero segments, which is not this language.
 
@@ -89,9 +93,15 @@ impl Pattern {
         if s.is_empty() {
             return Err(PatternError::Empty);
         }
+        Pattern::compile(s, s)
+    }
+
+    /// Compiles the segments of `body`, a pattern whose source is written as `source`.
+    fn compile(source: &str, body: &str) -> Result<Pattern, PatternError> {
+        let s = source;
         let mut segments = Vec::new();
         let mut below = false;
-        let mut parts = s.split('/').peekable();
+        let mut parts = body.split('/').peekable();
         while let Some(part) = parts.next() {
             match part {
                 "**" if parts.peek().is_none() => below = true,
@@ -143,7 +153,9 @@ impl Pattern {
         let Some(rest) = s.strip_prefix('/') else {
             return Err(PatternError::NotAbsolutePath { pattern: s.into() });
         };
-        let pattern = Pattern::parse(s)?;
+        // Compiled without its trailing slash: `/api/` and `/api` are one path to a matcher
+        // (see [`PathPattern::matches_path`]), and `/` is the empty path.
+        let pattern = Pattern::compile(s, s.strip_suffix('/').unwrap_or(s))?;
         let problem = |problem| PatternError::PathSegment {
             pattern: s.into(),
             problem,
@@ -175,6 +187,12 @@ impl Pattern {
 
     /// Whether `candidate` matches. Does not allocate.
     pub fn matches(&self, candidate: &str) -> bool {
+        self.matches_with(candidate, false, false)
+    }
+
+    /// The matcher: `fold_case` compares literal segments ASCII case-insensitively;
+    /// `below_covers_self` lets a final `**` match no segment at all.
+    fn matches_with(&self, candidate: &str, fold_case: bool, below_covers_self: bool) -> bool {
         let mut rest = Some(candidate);
         for segment in self.segments.iter() {
             let Some(text) = rest else { return false };
@@ -183,7 +201,7 @@ impl Pattern {
                 None => (text, None),
             };
             let ok = match segment {
-                Segment::Literal(lit) => **lit == *head,
+                Segment::Literal(lit) => **lit == *head || (fold_case && lit.eq_ignore_ascii_case(head)),
                 Segment::One => !head.is_empty(),
             };
             if !ok {
@@ -192,7 +210,7 @@ impl Pattern {
             rest = tail;
         }
         match rest {
-            None => !self.below,
+            None => !self.below || below_covers_self,
             // `**` needs at least one more segment; a trailing slash counts (so a deny on
             // `/admin/**` covers `/admin/`), an empty segment in the middle (`//`) does not.
             // `spiffe://a.org/**` never matches `spiffe://a.org`.
@@ -393,6 +411,23 @@ context_pattern!(
     Pattern::parse_path,
     "a path pattern string like `/api/*`"
 );
+
+impl PathPattern {
+    /// Whether a normalized request path (see [`crate::normalize_path`]) matches, read the
+    /// way an app's router may read it, so that no spelling of a denied path is allowed:
+    /// - a trailing `/` is not significant: `/secret/` is `/secret` (pattern and path alike;
+    ///   `/secret/.` and `/secret/x/..` normalize to `/secret/`);
+    /// - a final `/**` covers the path itself: `/admin/**` matches `/admin` and all below it;
+    /// - with `fold_case` (deny and audit rules), literal segments match in any ASCII case, so
+    ///   `/ADMIN` meets a deny on `/admin/**`; allow rules stay exact, so an ambiguity never
+    ///   turns into an allow either way.
+    ///
+    /// Does not allocate.
+    pub fn matches_path(&self, path: &str, fold_case: bool) -> bool {
+        self.0
+            .matches_with(path.strip_suffix('/').unwrap_or(path), fold_case, true)
+    }
+}
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -299,7 +299,7 @@ impl Rule {
                 self.methods.join(", ")
             ));
         }
-        if !(self.paths.is_empty() || self.paths.iter().any(|p| p.matches(req.path))) {
+        if !self.path_matches(req.path) {
             let paths: Vec<&str> = self.paths.iter().map(|p| p.as_str()).collect();
             return Some(format!("path {} matches none of {}", req.path, paths.join(", ")));
         }
@@ -327,9 +327,14 @@ impl Rule {
                 .any(|m| **m == *method || (self.lenient() && m.eq_ignore_ascii_case(method)))
     }
 
+    /// Deny and audit rules fold case (an app router may); allow rules match exactly.
+    fn path_matches(&self, path: &str) -> bool {
+        self.paths.is_empty() || self.paths.iter().any(|p| p.matches_path(path, self.lenient()))
+    }
+
     fn matches_request(&self, req: &Request<'_>) -> bool {
         self.method_matches(req.method)
-            && (self.paths.is_empty() || self.paths.iter().any(|p| p.matches(req.path)))
+            && self.path_matches(req.path)
             && self.headers.iter().all(|h| h.holds(req.headers, self.lenient()))
     }
 }

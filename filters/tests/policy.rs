@@ -251,8 +251,16 @@ fn http_rules_apply_per_request() {
         p.evaluate_request(BATCH, &Request::new("GET", "/admin/users")),
         verdict(Decision::Deny, Some("no-admin"), Reason::DenyRule, &[])
     );
+    // `/admin/**` covers `/admin` itself, and a deny rule folds case.
+    for spelling in ["/admin", "/admin/", "/ADMIN/users", "/Admin"] {
+        assert_eq!(
+            p.evaluate_request(BATCH, &Request::new("GET", spelling)),
+            verdict(Decision::Deny, Some("no-admin"), Reason::DenyRule, &[]),
+            "{spelling}"
+        );
+    }
     assert_eq!(
-        p.evaluate_request(BATCH, &Request::new("GET", "/admin")),
+        p.evaluate_request(BATCH, &Request::new("GET", "/administrator")),
         allow("jobs", &[])
     );
 

@@ -332,7 +332,7 @@ fn explain(
     headers: &[String],
     json: bool,
 ) -> Result<(), String> {
-    use ward_filters::{Peer, Policy, Request, normalize_path};
+    use ward_filters::{Peer, Policy, Request, normalize_target};
     let config = Config::read(path).map_err(|e| e.to_string())?;
     let Some(l) = config.inbound.iter().find(|l| l.value.name == listener) else {
         let names: Vec<&str> = config.inbound.iter().map(|l| l.value.name.as_str()).collect();
@@ -364,11 +364,14 @@ fn explain(
         })
         .collect::<Result<_, _>>()?;
     let pairs: &[(&str, &str)] = &pairs;
+    let method = method.map(str::to_ascii_uppercase);
     let normalized = match req_path {
-        Some(p) => Some(normalize_path(p).map_err(|e| format!("--path {p:?}: ward answers 400: {e}"))?),
+        Some(p) => Some(
+            normalize_target(method.as_deref().unwrap_or("GET"), p)
+                .map_err(|e| format!("--path {p:?}: ward answers 400: {e}"))?,
+        ),
         None => None,
     };
-    let method = method.map(str::to_ascii_uppercase);
     let request = match (&method, &normalized) {
         (None, None) => None,
         (m, p) => Some(Request {
@@ -386,9 +389,13 @@ fn explain(
         return Ok(());
     }
     let v = &explanation.verdict;
-    let asked = match &request {
-        Some(r) => format!(", request {} {}", r.method, r.path),
-        None => String::new(),
+    // The path the decision was made on, and what it was normalized from when that differs.
+    let asked = match (&request, req_path) {
+        (Some(r), Some(raw)) if raw != r.path => {
+            format!(", request {} {} (normalized from {raw})", r.method, r.path)
+        }
+        (Some(r), _) => format!(", request {} {}", r.method, r.path),
+        (None, _) => String::new(),
     };
     println!("listener {listener} (policy {policy_name}), peer {who}{asked}");
     match &v.rule {

@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use ward_certs::SpiffeId;
-use ward_filters::{Decision, Peer, normalize_path};
+use ward_filters::{Decision, Peer, normalize_target};
 
 use crate::audit::{ConnInfo, Direction, Kind};
 use crate::config::{AppProtocol, InboundConfig, Mtls, Protocol};
@@ -378,7 +378,7 @@ async fn request(
     let raw_path = req.uri().path().to_owned();
     let bytes_in = Arc::new(AtomicU64::new(0));
     let pending = |r| PendingRecord::new(r, shared.clone(), ib.metrics.clone(), started, bytes_in.clone());
-    let path = match normalize_path(&raw_path) {
+    let path = match normalize_target(&method, &raw_path) {
         Ok(p) => p.into_owned(),
         Err(e) => {
             let mut r = info.decided(Decision::Deny, None, format!("bad_path: {e}"));

@@ -120,6 +120,28 @@ policies:
     );
     assert!(text.contains("decision: deny by rule no-admin"), "{text}");
 
+    // Another spelling of the same denied path: shown as decided, and denied.
+    let out = ward(&[
+        "policy",
+        "explain",
+        "-c",
+        cfg,
+        "--listener",
+        "web",
+        "--peer",
+        frontend,
+        "--method",
+        "GET",
+        "--path",
+        "/ADMIN/./",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("request GET /ADMIN/ (normalized from /ADMIN/./)"),
+        "{text}"
+    );
+    assert!(text.contains("decision: deny by rule no-admin"), "{text}");
+
     let out = ward(&[
         "policy",
         "explain",

@@ -661,16 +661,18 @@ fn requests_denied_by_method_path_and_header_get_403_and_never_reach_the_app() {
     pair.inbound.assert_no_panic();
 }
 
-/// Spellings of a path under a denied `/admin/**` get 403 (or 400 when they cannot be
-/// normalized), through the outbound (curl --path-as-is over HTTP/1.1, and a raw absolute-form
-/// request) and straight to the inbound over h2; the app sees none of them, and for allowed
-/// paths it gets the normalized form.
+/// Spellings of a path under a denied `/admin/**` (which covers `/admin` itself) and a denied
+/// GET/POST `/secret` get 403 (or 400 when they cannot be normalized or carry a control byte),
+/// through the outbound (curl --path-as-is over HTTP/1.1, and raw request targets) and straight
+/// to the inbound over h2; the app sees none of them, and for allowed paths it gets the
+/// normalized form. Deny rules fold case and ignore a trailing slash, as app routers may.
 #[test]
 fn path_spellings_cannot_slip_past_a_deny_rule() {
     let ids = ids();
     let app = HttpApp::spawn();
     let rules = format!(
-        "{}      - {{name: no-admin, action: deny, paths: [\"/admin/**\"]}}\n",
+        "{}      - {{name: no-admin, action: deny, paths: [\"/admin/**\"]}}\n\
+         \x20     - {{name: no-secret, action: deny, methods: [GET, POST], paths: [\"/secret\"]}}\n",
         allow_frontend()
     );
     let pair = start_pair(&ids, &[Route::http("backend", app.addr, &rules)]);
@@ -694,13 +696,31 @@ fn path_spellings_cannot_slip_past_a_deny_rule() {
         ("/b/..//admin/x", 403),
         ("/.%2e/admin/x", 400),
         ("/admin/x?y=1", 403),
+        ("/admin", 403),
+        ("/admin/", 403),
+        ("/ADMIN/x", 403),
+        ("/Admin", 403),
+        ("/%41dmin/x", 403),
+        ("/aDmIn/.", 403),
+        ("/secret", 403),
+        ("/secret/", 403),
+        ("/secret/.", 403),
+        ("/secret/x/..", 403),
+        ("/Secret", 403),
+        ("/SECRET//", 403),
+        ("/secret%00", 400),
+        ("/secret%0a", 400),
+        ("/admin%1f/x", 400),
+        ("/a%7f", 400),
     ];
     let allowed: &[(&str, &str)] = &[
         ("/a/../b", "/b"),
         ("/%61pi/x", "/api/x"),
         ("//b//c/", "/b/c/"),
         ("/b/./c?q=/admin/x", "/b/c?q=/admin/x"),
-        ("/%41dmin/x", "/Admin/x"),
+        ("/administrator", "/administrator"),
+        ("/secrets", "/secrets"),
+        ("/secret/x", "/secret/x"),
     ];
     let urls = |port: u16, scheme: &str| -> Vec<String> {
         denied
@@ -748,6 +768,22 @@ fn path_spellings_cannot_slip_past_a_deny_rule() {
         "{}",
         String::from_utf8_lossy(&raw)
     );
+    // The asterisk form is for OPTIONS only: `GET *` is a bad request, straight to the
+    // inbound and through the pair.
+    for port in [inp, out] {
+        let https = port == inp;
+        let mut args = vec!["--http1.1", "-X", "GET", "--request-target", "*"];
+        let (cert, key) = (
+            ids.frontend.cert.to_str().unwrap(),
+            ids.frontend.key.to_str().unwrap(),
+        );
+        if https {
+            args.extend(["-k", "--cert", cert, "--key", key]);
+        }
+        let scheme = if https { "https" } else { "http" };
+        let got = curl_statuses(&args, &[format!("{scheme}://127.0.0.1:{port}/")]);
+        assert_eq!(got, [400], "GET * via port {port}");
+    }
 
     // The app saw only the allowed requests, normalized, once from each client.
     let seen: Vec<String> = app.seen().into_iter().map(|s| s.target).collect();
@@ -770,15 +806,20 @@ fn path_spellings_cannot_slip_past_a_deny_rule() {
     let bad = records.iter().find(|r| r["status"] == 400).unwrap();
     assert_eq!(bad["decision"], "deny", "{bad}");
     assert!(bad["reason"].as_str().unwrap().starts_with("bad_path"), "{bad}");
-    let denied_record = records.iter().find(|r| r["status"] == 403).unwrap();
-    assert_eq!(denied_record["rule"], "no-admin", "{denied_record}");
-    assert!(
-        records
-            .iter()
-            .filter(|r| r["status"] == 403)
-            .all(|r| r["path"].as_str().unwrap().starts_with("/admin/")),
-        "403 records carry the normalized path: {records:?}"
-    );
+    for r in records.iter().filter(|r| r["status"] == 403) {
+        let path = r["path"].as_str().unwrap().to_ascii_lowercase();
+        let rule = if path.starts_with("/admin") {
+            "no-admin"
+        } else {
+            "no-secret"
+        };
+        assert_eq!(r["rule"], rule, "{r}");
+        assert!(
+            path == "/admin" || path.starts_with("/admin/") || path.starts_with("/secret"),
+            "403 records carry the normalized path: {r}"
+        );
+        assert!(!path.contains("/."), "{r}");
+    }
     pair.inbound.assert_no_panic();
 }
 

@@ -4,10 +4,6 @@ fn id(s: &str) -> Pattern {
     Pattern::parse_spiffe(s).unwrap()
 }
 
-fn path(s: &str) -> Pattern {
-    Pattern::parse_path(s).unwrap()
-}
-
 #[test]
 fn literal_matches_only_itself() {
     let p = id("spiffe://a.org/ns/x/sa/web");
@@ -92,43 +88,40 @@ fn any_id_anywhere() {
 
 #[test]
 fn path_boundaries() {
-    let p = path("/api/*");
-    assert!(p.matches("/api/x"));
-    assert!(!p.matches("/api/x/y"));
-    assert!(!p.matches("/api/"));
-    assert!(!p.matches("/api"));
-    assert!(!p.matches("/apix/y"));
+    let m = |p: &str, path: &str| PathPattern::parse(p).unwrap().matches_path(path, false);
+    let folded = |p: &str, path: &str| PathPattern::parse(p).unwrap().matches_path(path, true);
+    assert!(m("/api/*", "/api/x"));
+    assert!(m("/api/*", "/api/x/"), "a trailing slash is not significant");
+    assert!(!m("/api/*", "/api/x/y"));
+    assert!(!m("/api/*", "/api/"));
+    assert!(!m("/api/*", "/api"));
+    assert!(!m("/api/*", "/apix/y"));
 
-    let p = path("/api/**");
-    assert!(p.matches("/api/x"));
-    assert!(p.matches("/api/x/y"));
-    assert!(p.matches("/api/x/"), "a trailing slash stays under /api");
-    assert!(
-        !p.matches("/api"),
-        "`/**` is one or more segments below: list `/api` too to cover it"
-    );
-    assert!(p.matches("/api/"), "a deny on /api/** must cover /api/");
-    assert!(!p.matches("/apix"));
-    assert!(!p.matches("/apix/y"));
-    assert!(!p.matches("api/x"));
+    for covered in ["/api", "/api/", "/api/x", "/api/x/y", "/api/x/"] {
+        assert!(m("/api/**", covered), "/api/** must cover {covered}");
+    }
+    for outside in ["/apix", "/apix/y", "api/x", "/", "/ap"] {
+        assert!(!m("/api/**", outside), "/api/** must not cover {outside}");
+    }
 
-    let p = path("/");
-    assert!(p.matches("/"));
-    assert!(!p.matches(""));
-    assert!(!p.matches("/x"));
-    assert!(!p.matches("//"));
+    assert!(m("/", "/"));
+    assert!(!m("/", "/x"));
+    for any in ["/", "/x", "/x/y", "/x/"] {
+        assert!(m("/**", any), "`/**` covers every path: {any}");
+    }
 
-    let p = path("/**");
-    assert!(p.matches("/x"));
-    assert!(p.matches("/x/y"));
-    assert!(p.matches("/"), "`/**` covers every path, the root too");
+    assert!(m("/api/", "/api/") && m("/api/", "/api") && m("/api", "/api/"));
+    assert!(m("/secret", "/secret/"));
 
-    let p = path("/api/");
-    assert!(p.matches("/api/"));
-    assert!(!p.matches("/api"));
+    assert!(!m("/Api", "/api"), "exact without folding");
+    assert!(folded("/Api", "/api") && folded("/admin/**", "/ADMIN/x") && folded("/admin/**", "/Admin"));
+    assert!(!folded("/admin/**", "/admins"));
+    assert!(folded("/a/*/c", "/A/anything/C"));
 
-    let p = path("/Api");
-    assert!(!p.matches("/api"), "case-sensitive");
+    // IDs keep their own rules: `**` is one or more segments, no folding.
+    let p = id("spiffe://a.org/ns/**");
+    assert!(!p.matches("spiffe://a.org/ns"));
+    assert!(!p.matches("spiffe://a.org/NS/x"));
 }
 
 #[test]
