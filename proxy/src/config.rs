@@ -318,6 +318,9 @@ pub struct InboundConfig {
     /// What the app speaks for HTTP traffic.
     #[serde(default)]
     pub app_protocol: AppProtocol,
+    /// HTTP request headers whose names contain `_`: `drop` (default), `keep` or `reject`.
+    #[serde(default)]
+    pub underscore_headers: crate::http::Underscores,
 }
 
 fn yes() -> bool {
@@ -388,6 +391,10 @@ pub struct OutboundConfig {
     pub max_connections: Option<usize>,
     #[serde(default, with = "duration::option", skip_serializing_if = "Option::is_none")]
     pub handshake_timeout: Option<Duration>,
+    /// The app's HTTP request headers whose names contain `_`: `drop` (default), `keep` or
+    /// `reject`.
+    #[serde(default)]
+    pub underscore_headers: crate::http::Underscores,
 }
 
 #[derive(Debug, Deserialize, Serialize)]

@@ -35,6 +35,53 @@ pub type OutBody = Either<crate::pool::Upstream, Full<Bytes>>;
 /// The XFCC header ward sets toward the app (and removes from every caller).
 pub static XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
+/// The identity headers ward sets toward the app. A caller's copy is always removed, in
+/// every spelling an app may read as the same name (see [`sanitize_underscores`]).
+static IDENTITY_HEADERS: [&HeaderName; 1] = [&XFCC];
+
+/// What to do with request headers whose names contain `_` (`underscore_headers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Underscores {
+    /// Drop them (the default, as nginx and Envoy do): CGI, WSGI and Rack servers read
+    /// `x_forwarded_client_cert` as the same variable as `x-forwarded-client-cert`.
+    #[default]
+    Drop,
+    /// Keep them, except those that name an identity header ward sets once `_` is read as `-`.
+    Keep,
+    /// Answer the request 400.
+    Reject,
+}
+
+/// Applies `mode` to the request headers whose names contain `_`. Whatever the mode, a name
+/// that equals an identity header ward sets once `_` is read as `-` (names are lowercase
+/// already) never passes. `Err` names the header a `Reject` refuses. Allocates only when
+/// such a header is present.
+pub fn sanitize_underscores(headers: &mut HeaderMap, mode: Underscores) -> Result<(), HeaderName> {
+    if !headers.keys().any(|n| n.as_str().contains('_')) {
+        return Ok(());
+    }
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().contains('_'))
+        .cloned()
+        .collect();
+    for name in names {
+        let spoofs = IDENTITY_HEADERS.iter().any(|id| {
+            let (a, b) = (name.as_str().as_bytes(), id.as_str().as_bytes());
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y || (*x == b'_' && *y == b'-'))
+        });
+        match mode {
+            Underscores::Keep if !spoofs => {}
+            Underscores::Reject => return Err(name),
+            Underscores::Keep | Underscores::Drop => {
+                headers.remove(&name);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A short text response of ward's own.
 pub fn text(status: StatusCode, body: &'static str) -> Response<OutBody> {
     let mut resp = Response::new(Either::Right(Full::new(Bytes::from_static(body.as_bytes()))));
@@ -170,9 +217,9 @@ impl ward_filters::Headers for HeaderView<'_> {
     }
 }
 
-/// Whether a request is gRPC (which needs HTTP/2 to the app).
-pub fn is_grpc<B>(req: &Request<B>) -> bool {
-    req.headers()
+/// Whether a request is gRPC (which needs HTTP/2 to the app), by its headers.
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/grpc"))
@@ -635,6 +682,44 @@ mod tests {
                 "{evil}: {u:?}"
             );
         }
+    }
+
+    #[test]
+    fn underscore_headers_never_pass_as_identity_headers() {
+        let forged = || {
+            let mut h = HeaderMap::new();
+            for name in [
+                "x_forwarded_client_cert",
+                "x-forwarded_client-cert",
+                "x_request_id",
+            ] {
+                h.insert(
+                    HeaderName::from_static(name),
+                    HeaderValue::from_static("URI=evil"),
+                );
+            }
+            h.insert("x-kept", HeaderValue::from_static("1"));
+            h
+        };
+        let mut h = forged();
+        sanitize_underscores(&mut h, Underscores::Drop).unwrap();
+        assert_eq!(h.keys().map(|n| n.as_str()).collect::<Vec<_>>(), ["x-kept"]);
+
+        let mut h = forged();
+        sanitize_underscores(&mut h, Underscores::Keep).unwrap();
+        let mut kept: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
+        kept.sort_unstable();
+        assert_eq!(
+            kept,
+            ["x-kept", "x_request_id"],
+            "keep drops only identity spellings"
+        );
+
+        let mut h = forged();
+        assert!(sanitize_underscores(&mut h, Underscores::Reject).is_err());
+        let mut h = HeaderMap::new();
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        assert!(sanitize_underscores(&mut h, Underscores::Reject).is_ok());
     }
 
     #[test]

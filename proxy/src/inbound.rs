@@ -389,6 +389,31 @@ async fn request(
             return Ok(pending(r).attach(h::text(StatusCode::BAD_REQUEST, "ward: bad request path\n")));
         }
     };
+    // The headers are made what the app will get before the policy looks at them, so the
+    // policy decides on exactly what the app sees: hop-by-hop headers (and those the
+    // `Connection` header names) go, names with `_` are dropped (or refused), a caller's
+    // identity header is replaced by ward's.
+    let (mut parts, body) = req.into_parts();
+    h::strip_hop_by_hop(&mut parts.headers);
+    if let Err(name) = h::sanitize_underscores(&mut parts.headers, ib.spec.underscore_headers) {
+        let mut r = info.decided(
+            Decision::Deny,
+            None,
+            format!("bad_header: {name} has an underscore (underscore_headers: reject)"),
+        );
+        r.kind = Kind::Request;
+        r.method = Some(method);
+        r.path = Some(path);
+        r.authority = authority;
+        return Ok(pending(r).attach(h::text(
+            StatusCode::BAD_REQUEST,
+            "ward: header names with '_' are refused\n",
+        )));
+    }
+    parts.headers.remove(&h::XFCC);
+    if let Some(v) = &ctx.xfcc {
+        parts.headers.insert(h::XFCC.clone(), v.clone());
+    }
     let Some(policy) = shared.policy(&ib.name, target.port) else {
         let r = info.request(&no_policy_verdict(), &method, &path, authority.as_deref());
         return Ok(pending(r).attach(h::text(StatusCode::FORBIDDEN, "ward: access denied\n")));
@@ -398,7 +423,7 @@ async fn request(
         &ward_filters::Request {
             method: &method,
             path: &path,
-            headers: &HeaderView(req.headers()),
+            headers: &HeaderView(&parts.headers),
         },
     );
     let pending = pending(info.request(&verdict, &method, &path, authority.as_deref()));
@@ -409,14 +434,8 @@ async fn request(
     let h2 = match ib.spec.app_protocol {
         AppProtocol::Http1 => false,
         AppProtocol::Http2 => true,
-        AppProtocol::Auto => h::is_grpc(&req),
+        AppProtocol::Auto => h::is_grpc(&parts.headers),
     };
-    let (mut parts, body) = req.into_parts();
-    h::strip_hop_by_hop(&mut parts.headers);
-    parts.headers.remove(&h::XFCC);
-    if let Some(v) = &ctx.xfcc {
-        parts.headers.insert(h::XFCC.clone(), v.clone());
-    }
     let host = authority.unwrap_or_else(|| target.forward.to_string());
     let Some(uri) = h::absolute_uri(host, &path, &parts.uri) else {
         return Ok(pending.attach(h::text(StatusCode::BAD_REQUEST, "ward: bad request target\n")));

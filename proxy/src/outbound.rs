@@ -447,9 +447,17 @@ async fn request(
             return Ok(pending(r).attach(h::text(status, "ward: the upstream sidecar is unavailable\n")));
         }
     };
-    let pending = pending(record(Decision::Allow, "server_id_match".into(), Some(&conn)));
     let (mut parts, body) = req.into_parts();
     h::strip_hop_by_hop(&mut parts.headers);
+    if let Err(name) = h::sanitize_underscores(&mut parts.headers, ob.spec.underscore_headers) {
+        let reason = format!("bad_header: {name} has an underscore (underscore_headers: reject)");
+        let r = record(Decision::Deny, reason.into(), Some(&conn));
+        return Ok(pending(r).attach(h::text(
+            StatusCode::BAD_REQUEST,
+            "ward: header names with '_' are refused\n",
+        )));
+    }
+    let pending = pending(record(Decision::Allow, "server_id_match".into(), Some(&conn)));
     let target = authority.unwrap_or_else(|| info.dst.to_string());
     let Some(uri) = h::absolute_uri(target, &path, &parts.uri) else {
         return Ok(pending.attach(h::text(StatusCode::BAD_REQUEST, "ward: bad request target\n")));
