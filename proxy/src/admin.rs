@@ -1,16 +1,29 @@
-//! The admin server (localhost by default): `/live`, `/ready`, `/metrics`, `/identity`,
-//! `/config`, `/policy`, and `POST /shutdown` for Jobs whose app has finished.
+//! The admin planes. Two listeners, for two kinds of caller:
+//! - the **admin** server (`admin.listen`, loopback): `/live`, `/ready`, `/metrics`, and the
+//!   operator's endpoints `/identity`, `/config`, `/policy` and `POST /shutdown` (for Jobs
+//!   whose app has finished, and the sidecar's preStop hook). The operator's endpoints answer
+//!   only a peer on loopback, whatever address the server is bound to; every request needs a
+//!   `Host` that is a loopback name or an IP literal (a DNS-rebinding page sends its own
+//!   name), and browser-style cross-site requests (`Origin`, `Sec-Fetch-Site: cross-site`)
+//!   get 403, so no web page the operator opens can reach them;
+//! - the **probes** server (`admin.probes`, e.g. `0.0.0.0:15020` in a pod): `GET /live`,
+//!   `/ready` and `/metrics` only, for kubelet and Prometheus on the pod network.
+//!
+//! Both cap their connections and the time a request head may take, so a flood of
+//! half-sent requests cannot hold them.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use ward_certs::CredentialStore;
@@ -70,9 +83,98 @@ fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {
     respond(StatusCode::OK, "application/json", body)
 }
 
-/// Answers one admin request.
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// Which listener a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plane {
+    /// `admin.listen`: everything, the operator's endpoints from loopback only.
+    Admin,
+    /// `admin.probes`: `GET /live`, `/ready`, `/metrics` only.
+    Probes,
+}
+
+/// At most this many connections per admin listener; more are closed at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A request head must arrive within this; an idle keep-alive connection is closed after it.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether `ip` is a loopback address (IPv4-mapped IPv6 included).
+pub fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+    }
+}
+
+/// Whether a `Host` header value names this machine unambiguously: `localhost` (or a name
+/// under `.localhost`, which resolvers must keep on loopback, RFC 6761) or an IP literal, with
+/// an optional port. A DNS-rebinding page reaches 127.0.0.1 under a name of its own, which
+/// its `Host` carries.
+fn host_is_local(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((v6, port)) if port.is_empty() || port.starts_with(':') => {
+                return v6.parse::<std::net::Ipv6Addr>().is_ok();
+            }
+            _ => return false,
+        },
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    name.parse::<std::net::Ipv4Addr>().is_ok() || name == "localhost" || name.ends_with(".localhost")
+}
+
+/// Why a request to the admin server is refused before routing, if it is.
+fn refusal(headers: &HeaderMap, peer: SocketAddr, path: &str) -> Option<&'static str> {
+    if let Some(host) = headers.get(header::HOST)
+        && !host.to_str().is_ok_and(host_is_local)
+    {
+        return Some("forbidden: the Host header is not a loopback name or an IP address\n");
+    }
+    // Browsers send Origin on cross-origin and on POST requests, and Sec-Fetch-Site on all of
+    // them; command-line clients, kubelet and Prometheus send neither.
+    let site = headers.get("sec-fetch-site").map(|v| v.as_bytes());
+    if headers.contains_key(header::ORIGIN) || site.is_some_and(|s| s != b"none" && s != b"same-origin") {
+        return Some("forbidden: browser cross-site requests are refused\n");
+    }
+    let operator = matches!(path, "/identity" | "/config" | "/policy" | "/shutdown");
+    if operator && !is_loopback(peer.ip()) {
+        return Some("forbidden: this endpoint answers only from the machine itself (loopback)\n");
+    }
+    None
+}
+
+/// Answers one request that came in on `plane` from `peer`.
+pub fn answer(
+    state: &AdminState,
+    plane: Plane,
+    peer: SocketAddr,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+) -> Response<Full<Bytes>> {
+    match plane {
+        Plane::Probes => match path {
+            "/live" | "/ready" | "/metrics" => route(state, method, path),
+            _ => respond(
+                StatusCode::NOT_FOUND,
+                TEXT,
+                "not found: this port serves GET /live /ready /metrics; the rest is on the admin port, from loopback\n",
+            ),
+        },
+        Plane::Admin => match refusal(headers, peer, path) {
+            Some(why) => {
+                tracing::warn!(%peer, path, why = why.trim_end(), "admin request refused");
+                respond(StatusCode::FORBIDDEN, TEXT, why)
+            }
+            None => route(state, method, path),
+        },
+    }
+}
+
+/// Answers one admin request, by method and path alone.
 pub fn route(state: &AdminState, method: &Method, path: &str) -> Response<Full<Bytes>> {
-    const TEXT: &str = "text/plain; charset=utf-8";
     match (method, path) {
         (&Method::GET, "/live") => respond(StatusCode::OK, TEXT, "live\n"),
         (&Method::GET, "/ready") => match state.ready() {
@@ -129,29 +231,48 @@ pub fn route(state: &AdminState, method: &Method, path: &str) -> Response<Full<B
     }
 }
 
-/// Serves the admin endpoints on `listener` until `stop` flips.
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
+/// Serves `plane`'s endpoints on `listener` until `stop` flips.
+pub async fn serve(
+    listener: TcpListener,
+    plane: Plane,
+    state: Arc<AdminState>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let name = match plane {
+        Plane::Admin => "admin",
+        Plane::Probes => "probes",
+    };
+    let open = Arc::new(AtomicUsize::new(0));
+    let mut errors = crate::forward::AcceptErrors::default();
     loop {
-        let (tcp, _) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    crate::forward::accept_error("admin", e).await;
+                    errors.failed(name, &e, &state.metrics).await;
                     continue;
                 }
             },
             _ = stop.changed() => return,
         };
-        let state = state.clone();
+        if open.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+            open.fetch_sub(1, Ordering::AcqRel);
+            state.metrics.admin_refused(name);
+            drop(tcp);
+            continue;
+        }
+        let (state, open) = (state.clone(), open.clone());
         tokio::spawn(async move {
-            let service = service_fn(move |req: Request<Incoming>| {
-                let resp = route(&state, req.method(), req.uri().path());
+            let service = service_fn(|req: Request<Incoming>| {
+                let resp = answer(&state, plane, peer, req.method(), req.uri().path(), req.headers());
                 async move { Ok::<_, Infallible>(resp) }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .http1_only()
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
+            open.fetch_sub(1, Ordering::AcqRel);
         });
     }
 }
@@ -159,4 +280,54 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watc
 /// Binds the admin address.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_hosts() {
+        for ok in [
+            "127.0.0.1",
+            "127.0.0.1:15000",
+            "10.1.2.3:15020",
+            "[::1]:15000",
+            "[::1]",
+            "localhost",
+            "LOCALHOST:15000",
+            "localhost.:15000",
+            "x.localhost:1",
+        ] {
+            assert!(host_is_local(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:15000",
+            "127.0.0.1.evil.example",
+            "localhost.evil.example",
+            "[::1",
+            "[::1]x",
+            "[evil]:1",
+            "",
+        ] {
+            assert!(!host_is_local(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn loopback_peers() {
+        for ip in ["127.0.0.1", "127.9.9.9", "::1", "::ffff:127.0.0.1"] {
+            assert!(
+                is_loopback(ip.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))),
+                "{ip}"
+            );
+        }
+        for ip in ["10.0.0.1", "::ffff:10.0.0.1", "0.0.0.0", "fe80::1"] {
+            assert!(
+                !is_loopback(ip.parse().unwrap_or(IpAddr::from([127, 0, 0, 1]))),
+                "{ip}"
+            );
+        }
+    }
 }

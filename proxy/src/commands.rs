@@ -81,6 +81,15 @@ fn run(path: &Path, workers: usize) -> Result<(), String> {
     init_logging(&config.log);
     let audit = AuditLog::open(&config.log.audit.value).map_err(|e| format!("log.audit: {e}"))?;
     tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %server::effective_json(&config), "ward starting");
+    for w in config.warnings(&path.display().to_string()) {
+        tracing::warn!("{w}");
+    }
+    match crate::limits::raise_nofile() {
+        Ok((before, after)) => tracing::info!(before, after, "descriptor limit (RLIMIT_NOFILE)"),
+        Err((before, e)) => {
+            tracing::warn!(limit = before, error = %e, "cannot raise the descriptor limit (RLIMIT_NOFILE)")
+        }
+    }
     let drain_timeout = config.drain_timeout;
     let final_flush = audit.clone();
     let result = runtime(workers)?.block_on(async {
@@ -194,6 +203,9 @@ async fn reload_config(path: &Path, running: &server::Running) -> Option<Duratio
 
 fn check(path: &Path) -> Result<(), String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
+    for w in config.warnings(&path.display().to_string()) {
+        eprintln!("warning: {w}");
+    }
     let updates = runtime(1)?.block_on(async {
         let mut rx = server::identity_source(&config).map_err(|e| e.to_string())?;
         rx.recv()

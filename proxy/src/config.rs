@@ -294,11 +294,15 @@ pub struct InboundConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub forward: Option<SocketAddr>,
-    /// Captured traffic: forward to `app_host`:<original destination port>.
+    /// Captured traffic: forward to the original destination (the pod's address and the
+    /// app port), as the peer addressed it.
     #[serde(default)]
     pub transparent: bool,
-    #[serde(default = "default_app_host")]
-    pub app_host: IpAddr,
+    /// Transparent listeners: send to this address instead of the original destination's.
+    /// `127.0.0.1` exposes to the mesh whatever the app bound to loopback only (a debug or
+    /// admin port); prefer the per-port setting for the one port that needs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_host: Option<IpAddr>,
     /// Per app port overrides (transparent listeners).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub ports: BTreeMap<u16, PortOverride>,
@@ -307,9 +311,13 @@ pub struct InboundConfig {
     #[serde(default)]
     pub mtls: Mtls,
     pub policy: String,
-    /// Connections past this many open ones are refused at once.
+    /// Connections past this many open ones are refused at once (default: see
+    /// [`default_max_connections`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
+    /// Connections from one source address still in their TLS handshake; more are refused.
+    #[serde(default = "default_max_pending_per_source")]
+    pub max_pending_per_source: u32,
     #[serde(default, with = "duration::option", skip_serializing_if = "Option::is_none")]
     pub handshake_timeout: Option<Duration>,
     /// Set `x-forwarded-client-cert` toward the app (HTTP). A caller's copy is removed always.
@@ -327,8 +335,17 @@ fn yes() -> bool {
     true
 }
 
-fn default_app_host() -> IpAddr {
-    IpAddr::from([127, 0, 0, 1])
+fn default_max_pending_per_source() -> u32 {
+    64
+}
+
+/// The `max_connections` of a listener that sets none: 10,000, or less when the descriptor
+/// limit (`nofile`, after ward raised it to its hard limit) could not hold that many: each
+/// connection may hold two descriptors (the peer's and the app's), and 128 stay spare for
+/// files, the admin server and the identity source.
+pub fn default_max_connections(nofile: u64) -> usize {
+    let fit = nofile.saturating_sub(128) / 2;
+    usize::try_from(fit.clamp(64, 10_000)).unwrap_or(10_000)
 }
 
 /// Protocol and policy for one app port of a transparent inbound listener.
@@ -337,6 +354,11 @@ fn default_app_host() -> IpAddr {
 pub struct PortOverride {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<Protocol>,
+    /// Send this port's traffic to this address instead of the original destination's, e.g.
+    /// `127.0.0.1` for an app that listens on loopback only. That makes the port reachable
+    /// from the mesh (under its policy); never set it for a port meant for the pod alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_host: Option<IpAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
 }
@@ -395,13 +417,28 @@ pub struct OutboundConfig {
     /// `reject`.
     #[serde(default)]
     pub underscore_headers: crate::http::Underscores,
+    /// Whether `listen` may be a non-loopback address. An outbound listener lends the
+    /// workload's SVID to whoever connects: reachable from the network it is an open relay, so
+    /// ward refuses that unless this says so.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_remote_clients: bool,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
+    /// Every endpoint; the operator's (`/identity`, `/config`, `/policy`, `POST /shutdown`)
+    /// answer only from loopback. Bind it to loopback.
     #[serde(deserialize_with = "addr::deserialize")]
     pub listen: SocketAddr,
+    /// `GET /live`, `/ready` and `/metrics` only, for kubelet and Prometheus (`0.0.0.0:15020`
+    /// in a pod).
+    #[serde(
+        default,
+        deserialize_with = "addr::deserialize_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub probes: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
@@ -790,6 +827,15 @@ impl Config {
         let mut listens: HashMap<SocketAddr, Location> = HashMap::new();
         if let Some(admin) = &self.admin {
             listens.insert(admin.value.listen, admin.referenced);
+            if let Some(probes) = admin.value.probes {
+                if probes.port() != 0 && probes == admin.value.listen {
+                    p.at(
+                        admin.referenced,
+                        format!("admin.probes {probes} is admin.listen too: give the probes their own port, e.g. 0.0.0.0:15020"),
+                    );
+                }
+                listens.insert(probes, admin.referenced);
+            }
         }
         let all = self
             .inbound
@@ -830,6 +876,7 @@ impl Config {
             .map(|l| l.value.listen.port())
             .chain(self.outbound.iter().map(|l| l.value.listen.port()))
             .chain(self.admin.iter().map(|a| a.value.listen.port()))
+            .chain(self.admin.iter().filter_map(|a| a.value.probes).map(|p| p.port()))
             .collect();
         for l in &self.inbound {
             let v = &l.value;
@@ -843,6 +890,12 @@ impl Config {
                     format!("inbound {:?}: a transparent listener forwards to the original destination port; remove `forward`", v.name),
                 ),
                 _ => {}
+            }
+            if !v.transparent && v.app_host.is_some() {
+                p.at(
+                    l.referenced,
+                    format!("inbound {:?}: `app_host` is for transparent listeners; an explicit one sends to `forward`", v.name),
+                );
             }
             if !v.transparent && !v.ports.is_empty() {
                 p.at(
@@ -888,6 +941,15 @@ impl Config {
         }
         for l in &self.outbound {
             let v = &l.value;
+            if !v.allow_remote_clients && !crate::admin::is_loopback(v.listen.ip()) {
+                p.at(
+                    l.referenced,
+                    format!(
+                        "outbound {:?}: listen {} is not a loopback address: whoever reaches it would call the mesh with this workload's SVID (an open relay); listen on 127.0.0.1, or set `allow_remote_clients: true` if that is what you want",
+                        v.name, v.listen
+                    ),
+                );
+            }
             if let Some(id) = &v.server_id
                 && let Err(e) = ward_filters::Pattern::parse_spiffe(id)
             {
@@ -982,6 +1044,36 @@ impl Config {
             );
         }
         p.into_result()
+    }
+
+    /// What is allowed but risky, each with its place: `ward check` prints these, `ward run`
+    /// logs them at start.
+    pub fn warnings(&self, file: &str) -> Vec<ConfigProblem> {
+        let mut p = Problems::new(file);
+        if let Some(admin) = &self.admin
+            && !crate::admin::is_loopback(admin.value.listen.ip())
+        {
+            p.at(
+                admin.referenced,
+                format!(
+                    "admin.listen {} is not a loopback address: it serves /live, /ready and /metrics to the network (the operator's endpoints still answer only from loopback); bind it to 127.0.0.1 and use admin.probes for kubelet and Prometheus",
+                    admin.value.listen
+                ),
+            );
+        }
+        for l in &self.outbound {
+            let v = &l.value;
+            if v.allow_remote_clients && !crate::admin::is_loopback(v.listen.ip()) {
+                p.at(
+                    l.referenced,
+                    format!(
+                        "outbound {:?}: listen {} accepts remote clients (allow_remote_clients: true): anyone who reaches it calls the mesh as this workload",
+                        v.name, v.listen
+                    ),
+                );
+            }
+        }
+        p.list
     }
 
     /// Reads, parses and checks a config file.

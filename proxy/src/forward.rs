@@ -234,9 +234,54 @@ pub async fn pipe<A, B>(
     }
 }
 
-/// An accept error (such as running out of file descriptors): log it and pause briefly so a
-/// persistent error does not spin.
-pub async fn accept_error(listener: &str, e: std::io::Error) {
-    tracing::warn!(listener, error = %e, "accept failed");
-    tokio::time::sleep(Duration::from_millis(50)).await;
+/// What a listener's accept loop does when `accept` fails (most often: out of file
+/// descriptors, EMFILE): count it, log it at most once per [`AcceptErrors::LOG_EVERY`] with
+/// how many more there were, and back off (doubling from 5 ms to 1 s, reset by the next
+/// success) so a persistent error never spins; connections already open keep being served,
+/// and the pending ones are accepted as descriptors free up.
+#[derive(Debug, Default)]
+pub struct AcceptErrors {
+    backoff: Duration,
+    logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl AcceptErrors {
+    const LOG_EVERY: Duration = Duration::from_secs(10);
+    const FIRST_BACKOFF: Duration = Duration::from_millis(5);
+    const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+    /// A successful accept: the next failure backs off from the start again.
+    pub fn ok(&mut self) {
+        self.backoff = Duration::ZERO;
+    }
+
+    /// Counts, maybe logs, and sleeps the backoff.
+    pub async fn failed(&mut self, listener: &str, e: &std::io::Error, metrics: &Metrics) {
+        // Linux errno values: the descriptor limits of the process and of the system, and
+        // memory; everything else is counted as `other`.
+        let reason = match e.raw_os_error() {
+            Some(24) => "emfile",
+            Some(23) => "enfile",
+            Some(12 | 105) => "nomem",
+            _ => "other",
+        };
+        metrics.accept_error(listener, reason);
+        if self.logged.is_none_or(|at| at.elapsed() >= Self::LOG_EVERY) {
+            tracing::warn!(
+                listener,
+                error = %e,
+                reason,
+                more_since_last_log = self.unlogged,
+                backoff = ?self.backoff.max(Self::FIRST_BACKOFF),
+                "accept failed; backing off (raise the descriptor limit or lower max_connections)"
+            );
+            self.logged = Some(Instant::now());
+            self.unlogged = 0;
+        } else {
+            self.unlogged += 1;
+        }
+        self.backoff = (self.backoff * 2).clamp(Self::FIRST_BACKOFF, Self::MAX_BACKOFF);
+        tokio::time::sleep(self.backoff).await;
+    }
 }

@@ -87,6 +87,49 @@ impl Drop for ConnGuard {
     }
 }
 
+/// Connections per source address still in their TLS handshake, so one neighbour opening
+/// connections it never finishes cannot hold every descriptor (or the handshake timeout of
+/// every real peer).
+#[derive(Debug, Default)]
+pub struct Pending {
+    by_source: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>,
+}
+
+/// One connection counted in [`Pending`] until it is dropped (its handshake ended).
+#[derive(Debug)]
+pub struct PendingGuard {
+    pending: Arc<Pending>,
+    ip: std::net::IpAddr,
+}
+
+impl Pending {
+    /// Counts a connection from `ip`, unless `max` from it are pending already.
+    pub fn admit(self: &Arc<Self>, ip: std::net::IpAddr, max: u32) -> Option<PendingGuard> {
+        let mut map = self.by_source.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(PendingGuard {
+            pending: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        let mut map = self.pending.by_source.lock().unwrap_or_else(|e| e.into_inner());
+        if let std::collections::hash_map::Entry::Occupied(mut e) = map.entry(self.ip) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+}
+
 /// Resolves when a change means a live connection must be checked again: a new identity or
 /// bundle, a new policy, or the connection's maximum lifetime.
 #[derive(Debug)]

@@ -23,7 +23,7 @@ use ward_filters::{Decision, Peer, normalize_target};
 use crate::audit::{ConnInfo, Direction, Kind};
 use crate::config::{AppProtocol, InboundConfig, Mtls, Protocol};
 use crate::forward::{self, PeerChain, Shared};
-use crate::guard::ConnGuard;
+use crate::guard::{ConnGuard, Pending, PendingGuard};
 use crate::http::{self as h, Counted, HeaderView, PendingRecord, ServiceResult};
 use crate::metrics::ListenerMetrics;
 use crate::pool::AppClient;
@@ -41,6 +41,10 @@ pub struct Inbound {
     pub app: Option<Vec<AppClient>>,
     pub metrics: Arc<ListenerMetrics>,
     pub open: Arc<AtomicUsize>,
+    /// `max_connections`, or its default for this process's descriptor limit.
+    pub max_connections: usize,
+    /// Connections per source address still in their handshake (`max_pending_per_source`).
+    pub pending: Arc<Pending>,
 }
 
 /// Where one connection goes and under which rules.
@@ -64,19 +68,27 @@ pub async fn serve(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut errors = forward::AcceptErrors::default();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, src)) => {
-                    let Some(guard) = ConnGuard::admit(&ib.open, ib.spec.max_connections, &shared.open, &ib.metrics) else {
+                    errors.ok();
+                    let Some(guard) = ConnGuard::admit(&ib.open, Some(ib.max_connections), &shared.open, &ib.metrics) else {
                         tracing::debug!(listener = %ib.name, %src, "refused: max_connections reached");
                         drop(tcp);
                         continue;
                     };
+                    let Some(pending) = ib.pending.admit(src.ip(), ib.spec.max_pending_per_source) else {
+                        ib.metrics.refused_source.inc();
+                        tracing::debug!(listener = %ib.name, %src, "refused: max_pending_per_source handshakes from this address");
+                        drop(tcp);
+                        continue;
+                    };
                     let (ib, shared) = (ib.clone(), shared.clone());
-                    crate::shards::serve(tcp, move |tcp| handle(ib, shared, tcp, src, guard));
+                    crate::shards::serve(tcp, move |tcp| handle(ib, shared, tcp, src, guard, pending));
                 }
-                Err(e) => forward::accept_error(&ib.name, e).await,
+                Err(e) => errors.failed(&ib.name, &e, &shared.metrics).await,
             },
             _ = stop.changed() => return,
         }
@@ -104,9 +116,12 @@ impl Inbound {
             ));
         }
         let o = spec.ports.get(&port);
+        // The address the peer dialled (the pod's), not loopback: what the app bound to
+        // 127.0.0.1 only stays the pod's own, unless a port or the listener says otherwise.
+        let host = o.and_then(|o| o.app_host).or(spec.app_host).unwrap_or(dst.ip());
         Ok(Target {
             dst,
-            forward: SocketAddr::new(spec.app_host, port),
+            forward: SocketAddr::new(host, port),
             protocol: o.and_then(|o| o.protocol).unwrap_or(spec.protocol),
             port: Some(port),
         })
@@ -133,7 +148,14 @@ impl PeerCtx {
     }
 }
 
-async fn handle(ib: Arc<Inbound>, shared: Arc<Shared>, tcp: TcpStream, src: SocketAddr, _guard: ConnGuard) {
+async fn handle(
+    ib: Arc<Inbound>,
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    src: SocketAddr,
+    _guard: ConnGuard,
+    pending: PendingGuard,
+) {
     let started = Instant::now();
     let local = tcp.local_addr().unwrap_or(src);
     let _ = tcp.set_nodelay(true);
@@ -159,6 +181,7 @@ async fn handle(ib: Arc<Inbound>, shared: Arc<Shared>, tcp: TcpStream, src: Sock
     };
 
     if ib.spec.mtls == Mtls::Permissive && !looks_like_tls(&tcp, ib.handshake_timeout).await {
+        drop(pending);
         let plain = PeerCtx {
             id: None,
             xfcc: None,
@@ -206,6 +229,7 @@ async fn handle(ib: Arc<Inbound>, shared: Arc<Shared>, tcp: TcpStream, src: Sock
         }
         Ok(Ok(s)) => s,
     };
+    drop(pending);
 
     let (_, conn) = stream.get_ref();
     if let Err(reason) = forward::check_resumed(conn, &shared.store) {

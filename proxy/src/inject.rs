@@ -747,13 +747,13 @@ fn identity_volume(identity: IdentitySource) -> Yaml {
     Yaml::map([("name", Yaml::str(IDENTITY_VOLUME)), source])
 }
 
-fn admin_probe(period: i64, failures: i64) -> Yaml {
+fn ready_probe(period: i64, failures: i64) -> Yaml {
     Yaml::map([
         (
             "httpGet",
             Yaml::map([
                 ("path", Yaml::str("/ready")),
-                ("port", Yaml::Int(i64::from(iptables::DEFAULT_ADMIN_PORT))),
+                ("port", Yaml::Int(i64::from(iptables::DEFAULT_PROBES_PORT))),
             ]),
         ),
         ("periodSeconds", Yaml::Int(period)),
@@ -803,7 +803,7 @@ fn sidecar(opts: &Options) -> Yaml {
             "ports",
             Yaml::Seq(vec![
                 port("ward-inbound", iptables::DEFAULT_INBOUND_PORT),
-                port("ward-admin", iptables::DEFAULT_ADMIN_PORT),
+                port("ward-probes", iptables::DEFAULT_PROBES_PORT),
             ]),
         ),
         ("env", Yaml::Seq(env)),
@@ -818,8 +818,8 @@ fn sidecar(opts: &Options) -> Yaml {
                 ("capabilities", Yaml::map([("drop", Yaml::strs(&["ALL"]))])),
             ]),
         ),
-        ("startupProbe", admin_probe(1, 60)),
-        ("readinessProbe", admin_probe(2, 3)),
+        ("startupProbe", ready_probe(1, 60)),
+        ("readinessProbe", ready_probe(2, 3)),
         (
             "lifecycle",
             Yaml::map([(
@@ -1083,7 +1083,7 @@ mod tests {
                     ward.at(&[probe, "httpGet", "path"]).and_then(Yaml::as_str),
                     Some("/ready")
                 );
-                assert_eq!(ward.at(&[probe, "httpGet", "port"]), Some(&Yaml::Int(15000)));
+                assert_eq!(ward.at(&[probe, "httpGet", "port"]), Some(&Yaml::Int(15020)));
             }
             assert_eq!(
                 strs(ward.at(&["lifecycle", "preStop", "exec", "command"])),

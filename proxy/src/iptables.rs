@@ -39,6 +39,8 @@ pub const REDIRECT: &str = "WARD_REDIRECT";
 pub const DEFAULT_INBOUND_PORT: u16 = 15006;
 pub const DEFAULT_OUTBOUND_PORT: u16 = 15001;
 pub const DEFAULT_ADMIN_PORT: u16 = 15000;
+/// `admin.probes`: `/live`, `/ready`, `/metrics` for kubelet and Prometheus (Istio's 15020).
+pub const DEFAULT_PROBES_PORT: u16 = 15020;
 pub const TUNNEL_PORT: u16 = 15008;
 pub const DEFAULT_PROXY_UID: u32 = 1337;
 
@@ -221,9 +223,13 @@ pub struct CaptureArgs {
     /// The port of ward's transparent outbound listener.
     #[arg(long, default_value_t = DEFAULT_OUTBOUND_PORT)]
     pub outbound_port: u16,
-    /// ward's admin port (never captured, so probes reach it).
+    /// ward's admin port (never captured; it answers the operator's endpoints only from
+    /// loopback).
     #[arg(long, default_value_t = DEFAULT_ADMIN_PORT)]
     pub admin_port: u16,
+    /// ward's probes port (`admin.probes`; never captured, so kubelet and Prometheus reach it).
+    #[arg(long, default_value_t = DEFAULT_PROBES_PORT)]
+    pub probes_port: u16,
     /// The UID ward runs as; its own traffic is never captured.
     #[arg(long, default_value_t = DEFAULT_PROXY_UID)]
     pub proxy_uid: u32,
@@ -231,7 +237,7 @@ pub struct CaptureArgs {
     #[arg(long, default_value_t = DEFAULT_PROXY_UID)]
     pub proxy_gid: u32,
     /// Inbound ports (or ranges, 8000-8100) never captured; comma separated. ward's own
-    /// ports (inbound, outbound, admin, tunnel 15008) are always excluded.
+    /// ports (inbound, outbound, admin, probes, tunnel 15008) are always excluded.
     #[arg(long, value_name = "PORTS", value_delimiter = ',')]
     pub exclude_inbound_ports: Vec<String>,
     /// Outbound destination ports never captured; comma separated.
@@ -260,6 +266,7 @@ impl Default for CaptureArgs {
             inbound_port: DEFAULT_INBOUND_PORT,
             outbound_port: DEFAULT_OUTBOUND_PORT,
             admin_port: DEFAULT_ADMIN_PORT,
+            probes_port: DEFAULT_PROBES_PORT,
             proxy_uid: DEFAULT_PROXY_UID,
             proxy_gid: DEFAULT_PROXY_UID,
             exclude_inbound_ports: vec![],
@@ -295,6 +302,7 @@ impl Capture {
             ("--inbound-port", a.inbound_port),
             ("--outbound-port", a.outbound_port),
             ("--admin-port", a.admin_port),
+            ("--probes-port", a.probes_port),
         ] {
             if port == 0 {
                 return Err(IptablesError::BadPort {
@@ -310,7 +318,13 @@ impl Capture {
             )));
         }
         let mut exclude_inbound = Vec::new();
-        for own in [a.inbound_port, a.outbound_port, a.admin_port, TUNNEL_PORT] {
+        for own in [
+            a.inbound_port,
+            a.outbound_port,
+            a.admin_port,
+            a.probes_port,
+            TUNNEL_PORT,
+        ] {
             if !exclude_inbound.contains(&Ports::one(own)) {
                 exclude_inbound.push(Ports::one(own));
             }
@@ -763,6 +777,7 @@ mod tests {
 -A WARD_INBOUND -p tcp -m tcp --dport 15006 -j RETURN
 -A WARD_INBOUND -p tcp -m tcp --dport 15001 -j RETURN
 -A WARD_INBOUND -p tcp -m tcp --dport 15000 -j RETURN
+-A WARD_INBOUND -p tcp -m tcp --dport 15020 -j RETURN
 -A WARD_INBOUND -p tcp -m tcp --dport 15008 -j RETURN
 -A WARD_INBOUND -p tcp -j WARD_IN_REDIRECT
 -A OUTPUT -p tcp -j WARD_OUTPUT

@@ -16,6 +16,7 @@ pub mod http;
 pub mod inbound;
 pub mod inject;
 pub mod iptables;
+pub mod limits;
 pub mod metrics;
 pub mod origdst;
 pub mod outbound;

@@ -36,6 +36,12 @@ struct AuthzLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AcceptLabels {
+    listener: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: String,
 }
@@ -79,6 +85,8 @@ pub struct Metrics {
     bytes_received: Family<ListenerLabels, Counter>,
     bytes_sent: Family<ListenerLabels, Counter>,
     refused_overload: Family<ListenerLabels, Counter>,
+    refused_source: Family<ListenerLabels, Counter>,
+    accept_errors: Family<AcceptLabels, Counter>,
     handshake_failures: Family<HandshakeLabels, Counter>,
     authz: Family<AuthzLabels, Counter>,
     /// Tells this `Metrics` apart in the per-thread cache of decision counters.
@@ -109,6 +117,8 @@ pub struct ListenerMetrics {
     pub bytes_received: Counter,
     pub bytes_sent: Counter,
     pub refused_overload: Counter,
+    /// Refused because the source address had too many connections still in their handshake.
+    pub refused_source: Counter,
     pub request_duration: Histogram,
 }
 
@@ -135,6 +145,8 @@ impl Metrics {
             bytes_received: Family::default(),
             bytes_sent: Family::default(),
             refused_overload: Family::default(),
+            refused_source: Family::default(),
+            accept_errors: Family::default(),
             handshake_failures: Family::default(),
             authz: Family::default(),
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -162,6 +174,16 @@ impl Metrics {
             "connections_refused_overload",
             "Connections refused because the listener was at max_connections",
             m.refused_overload.clone(),
+        );
+        registry.register(
+            "connections_refused_source",
+            "Connections refused because their source address had max_pending_per_source connections still in the TLS handshake",
+            m.refused_source.clone(),
+        );
+        registry.register(
+            "accept_errors",
+            "Failed accepts by reason (emfile: out of file descriptors); the listener backs off and keeps serving",
+            m.accept_errors.clone(),
         );
         registry.register(
             "handshake_failures",
@@ -210,6 +232,7 @@ impl Metrics {
             bytes_received: self.bytes_received.get_or_create_owned(&l),
             bytes_sent: self.bytes_sent.get_or_create_owned(&l),
             refused_overload: self.refused_overload.get_or_create_owned(&l),
+            refused_source: self.refused_source.get_or_create_owned(&l),
             request_duration: self.request_duration.get_or_create_owned(&l),
         }
     }
@@ -271,6 +294,26 @@ impl Metrics {
         if cached != Ok(true) {
             self.authz.get_or_create(&labels()).inc();
         }
+    }
+
+    /// A connection to an admin listener (`admin` or `probes`) refused at its cap.
+    pub fn admin_refused(&self, listener: &'static str) {
+        self.refused_overload
+            .get_or_create(&ListenerLabels {
+                listener: listener.to_owned(),
+                direction: "admin",
+            })
+            .inc();
+    }
+
+    /// A failed accept on `listener`.
+    pub fn accept_error(&self, listener: &str, reason: &'static str) {
+        self.accept_errors
+            .get_or_create(&AcceptLabels {
+                listener: listener.to_owned(),
+                reason,
+            })
+            .inc();
     }
 
     pub fn rotation(&self, result: &str) {

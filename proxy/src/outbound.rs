@@ -45,6 +45,8 @@ pub struct Outbound {
     routes: Vec<(Route, Arc<Expect>)>,
     pub metrics: Arc<ListenerMetrics>,
     pub open: Arc<AtomicUsize>,
+    /// `max_connections`, or its default for this process's descriptor limit.
+    pub max_connections: usize,
     /// One HTTP/2 connection per destination and worker shard, shared by every request
     /// of that shard to it (a shard never drives another's connections).
     pools: Mutex<HashMap<(usize, SocketAddr), Arc<PeerPool>>>,
@@ -98,10 +100,13 @@ impl Outbound {
         };
         Ok(Outbound {
             name: Arc::from(name),
-            spec,
             handshake_timeout,
             explicit,
             routes,
+            max_connections: spec
+                .max_connections
+                .unwrap_or_else(|| crate::config::default_max_connections(crate::limits::nofile())),
+            spec,
             metrics: Arc::new(metrics),
             open,
             pools: Mutex::new(HashMap::new()),
@@ -169,11 +174,13 @@ pub async fn serve(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut errors = forward::AcceptErrors::default();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, src)) => {
-                    let Some(guard) = ConnGuard::admit(&ob.open, ob.spec.max_connections, &shared.open, &ob.metrics) else {
+                    errors.ok();
+                    let Some(guard) = ConnGuard::admit(&ob.open, Some(ob.max_connections), &shared.open, &ob.metrics) else {
                         tracing::debug!(listener = %ob.name, %src, "refused: max_connections reached");
                         drop(tcp);
                         continue;
@@ -181,7 +188,7 @@ pub async fn serve(
                     let (ob, shared) = (ob.clone(), shared.clone());
                     crate::shards::serve(tcp, move |tcp| handle(ob, shared, tcp, src, guard));
                 }
-                Err(e) => forward::accept_error(&ob.name, e).await,
+                Err(e) => errors.failed(&ob.name, &e, &shared.metrics).await,
             },
             _ = stop.changed() => return,
         }

@@ -174,6 +174,13 @@ fn compile(config: &Config) -> Result<Settings, StartError> {
         .map(|l| l.value.listen.port())
         .chain(config.outbound.iter().map(|l| l.value.listen.port()))
         .chain(config.admin.iter().map(|a| a.value.listen.port()))
+        .chain(
+            config
+                .admin
+                .iter()
+                .filter_map(|a| a.value.probes)
+                .map(|p| p.port()),
+        )
         .filter(|p| *p != 0)
         .collect();
     let listener_policies = config
@@ -246,6 +253,10 @@ fn launch(
                 }),
                 metrics: Arc::new(shared.metrics.listener(name, Direction::Inbound)),
                 open: open.clone(),
+                max_connections: c
+                    .max_connections
+                    .unwrap_or_else(|| crate::config::default_max_connections(crate::limits::nofile())),
+                pending: Arc::default(),
             });
             tokio::spawn(inbound::serve(socket.clone(), ib, shared.clone(), stop_rx))
         }
@@ -318,7 +329,27 @@ pub async fn start(config: &Config, audit: AuditLog) -> Result<Running, StartErr
                 draining: shared.draining.subscribe(),
                 shutdown: shutdown_tx.clone(),
             });
-            background.push(tokio::spawn(admin::serve(socket, state, stop_rx.clone())));
+            if let Some(probes) = a.value.probes {
+                let socket = admin::bind(probes).await.map_err(|source| StartError::Bind {
+                    name: "admin.probes".into(),
+                    addr: probes,
+                    source,
+                })?;
+                let at = socket.local_addr().unwrap_or(probes);
+                background.push(tokio::spawn(admin::serve(
+                    socket,
+                    admin::Plane::Probes,
+                    state.clone(),
+                    stop_rx.clone(),
+                )));
+                tracing::info!(addr = %at, "probes server listening (GET /live /ready /metrics)");
+            }
+            background.push(tokio::spawn(admin::serve(
+                socket,
+                admin::Plane::Admin,
+                state,
+                stop_rx.clone(),
+            )));
             tracing::info!(%addr, "admin server listening");
             Some(addr)
         }

@@ -820,3 +820,203 @@ fn two_pods_talk_through_transparent_sidecars() {
     }
     let _ = (&pair.a_ip, &a_ward);
 }
+
+// ---------------------------------------------------------------------------------------------
+// A hostile neighbour: another pod that reaches this pod's address
+
+/// Pod B runs its sidecar with the admin server bound to every address (as older configs did)
+/// and the probes port beside it. From pod A, which reaches B's IP: the probes and `/ready`
+/// answer, but `/config`, `/policy`, `/identity` and `POST /shutdown` are 403 and the sidecar
+/// keeps running; the probes port serves nothing else. From inside B, a request with a foreign
+/// `Host` (DNS rebinding) or a browser's `Origin` (CSRF) is 403 too.
+#[test]
+fn another_pod_cannot_use_the_admin_plane() {
+    if !netns_ok("another_pod_cannot_use_the_admin_plane") {
+        return;
+    }
+    let mut pair = Pair::new();
+    let dir = open_dir("ward-netns-admin-");
+    let pki = Pki::new("example.org");
+    std::fs::set_permissions(pki.dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let back = pki.issue("backend", BACKEND);
+    share(&back);
+    let inbound =
+        "inbound:\n  - name: pod\n    listen: 0.0.0.0:15006\n    transparent: true\n    policy: web\n";
+    let policies = "policies:\n  web:\n    default: deny\n";
+    let config = pod_config(&back, Path::new("AUDIT_PATH"), inbound, "", policies).replace(
+        "admin:\n  listen: 127.0.0.1:15000\n",
+        "admin:\n  listen: 0.0.0.0:15000\n  probes: 0.0.0.0:15020\n",
+    );
+    let b_ward = start_ward(&mut pair.b, dir.path(), "ward-b", &config);
+    let b = &pair.b_ip;
+
+    let status = |ns: &Netns, extra: &[&str], url: &str| -> String {
+        let mut args = vec!["curl", "-sS", "-m", "4", "-o", "/dev/null", "-w", "%{http_code}"];
+        args.extend_from_slice(extra);
+        args.push(url);
+        let (_, out, err) = ns.try_exec(&args, Duration::from_secs(8));
+        format!("{out}{}", if out.is_empty() { err } else { String::new() })
+    };
+    for (extra, path, port, want) in [
+        (&[][..], "/ready", 15000, "200"),
+        (&[][..], "/metrics", 15000, "200"),
+        (&[][..], "/config", 15000, "403"),
+        (&[][..], "/policy", 15000, "403"),
+        (&[][..], "/identity", 15000, "403"),
+        (&["-X", "POST"][..], "/shutdown", 15000, "403"),
+        (&[][..], "/ready", 15020, "200"),
+        (&[][..], "/live", 15020, "200"),
+        (&[][..], "/metrics", 15020, "200"),
+        (&[][..], "/config", 15020, "404"),
+        (&["-X", "POST"][..], "/shutdown", 15020, "404"),
+    ] {
+        let got = status(&pair.a, extra, &format!("http://{b}:{port}{path}"));
+        assert_eq!(
+            got,
+            want,
+            "from pod A: {extra:?} {path} on {port}\n{}",
+            b_ward.dump()
+        );
+    }
+    // Inside B, on loopback: a foreign Host or a browser's cross-site request is refused.
+    let admin = "http://127.0.0.1:15000";
+    for (extra, path) in [
+        (&["-H", "Host: evil.example"][..], "/config"),
+        (&["-H", "Host: evil.example:15000"][..], "/ready"),
+        (
+            &["-X", "POST", "-H", "Origin: https://evil.example"][..],
+            "/shutdown",
+        ),
+        (
+            &["-X", "POST", "-H", "Origin: http://127.0.0.1:15000"][..],
+            "/shutdown",
+        ),
+        (
+            &["-X", "POST", "-H", "Sec-Fetch-Site: cross-site"][..],
+            "/shutdown",
+        ),
+    ] {
+        let got = status(&pair.b, extra, &format!("{admin}{path}"));
+        assert_eq!(got, "403", "inside B: {extra:?} {path}");
+    }
+    assert_eq!(status(&pair.b, &[], &format!("{admin}/config")), "200");
+    // Still serving: nothing above stopped it.
+    assert_eq!(
+        status(&pair.b, &[], &format!("{admin}/ready")),
+        "200",
+        "{}",
+        b_ward.dump()
+    );
+    let log = std::fs::read_to_string(&b_ward.log).unwrap_or_default();
+    assert!(
+        !log.contains("draining"),
+        "the sidecar was asked to drain:\n{log}"
+    );
+    assert!(
+        log.contains("admin request refused"),
+        "refusals are logged:\n{log}"
+    );
+}
+
+/// Inbound forwards to the original destination (B's pod IP), not to 127.0.0.1, so a port the
+/// app bound to loopback only (a debug server on 6060) does not answer the mesh; a per-port
+/// `app_host: 127.0.0.1` (here for 6061) opts one such port in, on purpose.
+#[test]
+fn loopback_only_app_ports_stay_private_to_the_pod() {
+    if !netns_ok("loopback_only_app_ports_stay_private_to_the_pod") {
+        return;
+    }
+    let mut pair = Pair::new();
+    let dir = open_dir("ward-netns-lo-");
+    let pki = Pki::new("example.org");
+    std::fs::set_permissions(pki.dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let front = pki.issue("frontend", FRONTEND);
+    let back = pki.issue("backend", BACKEND);
+    share(&front);
+    share(&back);
+    let marker = format!("WARDLOMARKER{}", std::process::id());
+    // B's apps: 8080 on every address, 6060 and 6061 on loopback only.
+    let hits = dir.path().join("b-hits.log");
+    let public = APP.to_owned();
+    let private = APP.replace("S((\"0.0.0.0\", p), H)", "S((\"127.0.0.1\", p), H)");
+    assert_ne!(public, private, "the app's bind address moved");
+    for (what, code, ports) in [
+        ("app", &public, &["8080"][..]),
+        ("debug", &private, &["6060", "6061"][..]),
+    ] {
+        let mut args = vec!["python3", "-c", code.as_str(), &marker, hits.to_str().unwrap()];
+        args.extend_from_slice(ports);
+        pair.b
+            .spawn(what, &args, &dir.path().join(format!("b-{what}.log")));
+    }
+    let b_ref = &pair.b;
+    wait_for(
+        "B's apps",
+        Duration::from_secs(10),
+        || listening(b_ref, 8080) && listening(b_ref, 6060) && listening(b_ref, 6061),
+        String::new,
+    );
+    let b_inbound = "inbound:\n  - name: pod\n    listen: 0.0.0.0:15006\n    transparent: true\n    protocol: auto\n    policy: web\n    ports:\n      6061: {app_host: 127.0.0.1}\n";
+    let b_policies = format!(
+        "policies:\n  web:\n    default: deny\n    rules:\n      - name: frontend\n        action: allow\n        from: [\"{FRONTEND}\"]\n"
+    );
+    let b_ward = start_ward(
+        &mut pair.b,
+        dir.path(),
+        "ward-b",
+        &pod_config(&back, Path::new("AUDIT_PATH"), b_inbound, "", &b_policies),
+    );
+    let a_outbound = format!(
+        "outbound:\n  - name: mesh\n    listen: 127.0.0.1:15001\n    transparent: true\n    routes:\n      - to: {}\n        server_id: \"{BACKEND}\"\n    default: deny\n",
+        pair.subnet
+    );
+    let a_ward = start_ward(
+        &mut pair.a,
+        dir.path(),
+        "ward-a",
+        &pod_config(&front, Path::new("AUDIT_PATH"), "", &a_outbound, ""),
+    );
+    let ward = ward_bin();
+    let ward = ward.to_str().unwrap();
+    pair.a.exec(&[ward, "iptables", "install"]);
+    pair.b.exec(&[ward, "iptables", "install"]);
+
+    let b = pair.b_ip.clone();
+    let (ok, body, err) = curl_in(&pair.a, &format!("http://{b}:8080/public"), None);
+    assert!(
+        ok && body.contains(&marker),
+        "8080: {err}\n{body}\n{}\n{}",
+        a_ward.dump(),
+        b_ward.dump()
+    );
+    assert!(body.contains("port=8080"), "{body}");
+    let (ok, body, _) = curl_in(&pair.a, &format!("http://{b}:6060/debug/pprof"), None);
+    assert!(
+        !ok || !body.contains(&marker),
+        "a loopback-only port answered the mesh: {body}"
+    );
+    let (ok, body, err) = curl_in(&pair.a, &format!("http://{b}:6061/opted-in"), None);
+    assert!(
+        ok && body.contains("port=6061"),
+        "6061 (app_host: 127.0.0.1): {err}\n{body}\n{}",
+        b_ward.dump()
+    );
+    // B's ward sent 6060's request to the pod IP, where nothing listens: 502.
+    let dst = format!("{b}:6060");
+    wait_for(
+        "the record of the 6060 request",
+        Duration::from_secs(5),
+        || {
+            b_ward
+                .records()
+                .iter()
+                .any(|r| r["dst"] == dst.as_str() && r["status"] == 502)
+        },
+        || b_ward.dump(),
+    );
+    let hits = std::fs::read_to_string(&hits).unwrap_or_default();
+    assert!(
+        !hits.contains("/debug/pprof"),
+        "the debug server saw the request: {hits}"
+    );
+}
