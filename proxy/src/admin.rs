@@ -9,8 +9,8 @@
 //! - the **probes** server (`admin.probes`, e.g. `0.0.0.0:15020` in a pod): `GET /live`,
 //!   `/ready` and `/metrics` only, for kubelet and Prometheus on the pod network.
 //!
-//! Both cap their connections and the time a request head may take, so a flood of
-//! half-sent requests cannot hold them.
+//! Both cap their connections (in all and per source address) and the time a request head may
+//! take, so a flood of half-sent requests cannot hold them.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -95,7 +95,10 @@ pub enum Plane {
 }
 
 /// At most this many connections per admin listener; more are closed at once.
-pub const MAX_CONNECTIONS: usize = 64;
+pub const MAX_CONNECTIONS: usize = 256;
+/// At most this many from one source address, so one neighbour flooding the probes port
+/// cannot starve kubelet's probes (which come from the node's address).
+pub const MAX_PER_SOURCE: u32 = 16;
 /// A request head must arrive within this; an idle keep-alive connection is closed after it.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -243,6 +246,7 @@ pub async fn serve(
         Plane::Probes => "probes",
     };
     let open = Arc::new(AtomicUsize::new(0));
+    let per_source = Arc::new(crate::guard::Pending::default());
     let mut errors = crate::forward::AcceptErrors::default();
     loop {
         let (tcp, peer) = tokio::select! {
@@ -255,6 +259,12 @@ pub async fn serve(
             },
             _ = stop.changed() => return,
         };
+        errors.ok();
+        let Some(source) = per_source.admit(peer.ip(), MAX_PER_SOURCE) else {
+            state.metrics.admin_refused(name);
+            drop(tcp);
+            continue;
+        };
         if open.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
             open.fetch_sub(1, Ordering::AcqRel);
             state.metrics.admin_refused(name);
@@ -263,6 +273,7 @@ pub async fn serve(
         }
         let (state, open) = (state.clone(), open.clone());
         tokio::spawn(async move {
+            let _source = source;
             let service = service_fn(|req: Request<Incoming>| {
                 let resp = answer(&state, plane, peer, req.method(), req.uri().path(), req.headers());
                 async move { Ok::<_, Infallible>(resp) }

@@ -87,9 +87,9 @@ impl Drop for ConnGuard {
     }
 }
 
-/// Connections per source address still in their TLS handshake, so one neighbour opening
-/// connections it never finishes cannot hold every descriptor (or the handshake timeout of
-/// every real peer).
+/// Connections per source address in some state (an inbound listener's: still in their TLS
+/// handshake; an admin listener's: open), so one neighbour opening connections it never
+/// finishes cannot hold every descriptor, or make every real peer wait out a timeout.
 #[derive(Debug, Default)]
 pub struct Pending {
     by_source: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>,

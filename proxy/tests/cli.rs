@@ -193,3 +193,54 @@ policies:
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("inbound listeners: web"));
 }
+
+/// An outbound listener reachable from the network lends the workload's SVID to anyone: `ward
+/// check` refuses it unless `allow_remote_clients: true` says so, and then warns, as it does
+/// for an admin server bound beyond loopback.
+#[test]
+fn check_refuses_an_open_relay_and_warns_about_exposed_listeners() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ward.yaml");
+    let write = |outbound_extra: &str, admin: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "identity:\n  dev: {{id: \"spiffe://example.org/ns/default/sa/web\"}}\n\
+                 outbound:\n  - {{name: relay, listen: 0.0.0.0:15001, forward: 127.0.0.1:15006, server_id: \"spiffe://example.org/ns/default/sa/backend\"{outbound_extra}}}\n\
+                 admin:\n  listen: {admin}\n"
+            ),
+        )
+        .unwrap();
+    };
+    let cfg_s = cfg.to_str().unwrap();
+    write("", "127.0.0.1:15000");
+    let out = ward(&["check", "-c", cfg_s]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(":4:") && err.contains("open relay") && err.contains("allow_remote_clients"),
+        "{err}"
+    );
+
+    write(", allow_remote_clients: true", "0.0.0.0:15000");
+    let out = ward(&["check", "-c", cfg_s]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("warning:") && err.contains("accepts remote clients"),
+        "{err}"
+    );
+    assert!(
+        err.contains("admin.listen 0.0.0.0:15000 is not a loopback address"),
+        "{err}"
+    );
+
+    write("", "127.0.0.1:15000");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("0.0.0.0:15001", "127.0.0.1:15001");
+    std::fs::write(&cfg, text).unwrap();
+    let out = ward(&["check", "-c", cfg_s]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"));
+}

@@ -255,6 +255,12 @@ impl Ward {
 
     /// [`Ward::start`] with more `ward run` arguments (`--workers 1`).
     pub fn start_with(body: &str, ports: &[u16], args: &[&str]) -> Ward {
+        Ward::start_wrapped(body, ports, args, &[])
+    }
+
+    /// [`Ward::start_with`], run through `wrapper` (a command and its arguments that take the
+    /// ward command line after them, like `prlimit --nofile=400:400`).
+    pub fn start_wrapped(body: &str, ports: &[u16], args: &[&str], wrapper: &[&str]) -> Ward {
         let dir = tempfile::Builder::new()
             .prefix("ward-e2e-run-")
             .tempdir()
@@ -264,7 +270,15 @@ impl Ward {
         std::fs::write(&config, ward_yaml(body, &audit)).expect("write config");
         let stderr = dir.path().join("stderr.log");
         let stdout = dir.path().join("stdout.log");
-        let child = Command::new(ward_bin())
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(require_tool(program));
+                c.args(rest).arg(ward_bin());
+                c
+            }
+            None => Command::new(ward_bin()),
+        };
+        let child = cmd
             .arg("run")
             .arg("-c")
             .arg(&config)

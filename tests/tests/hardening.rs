@@ -219,3 +219,145 @@ fn the_policy_sees_the_headers_the_app_gets() {
     assert_eq!(env["HTTP_X_TENANT"], "t1", "{env}");
     pair.inbound.assert_no_panic();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Descriptor floods
+
+/// A TCP connection to 127.0.0.1:`port` from the loopback address `src` (any of 127.0.0.0/8).
+fn connect_from(src: [u8; 4], port: u16) -> std::io::Result<std::net::TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    s.bind(&std::net::SocketAddr::from((src, 0)).into())?;
+    s.connect_timeout(&local(port).into(), Duration::from_secs(2))?;
+    Ok(s.into())
+}
+
+/// An inbound HTTP listener in front of the WSGI app, with an admin port; `max_connections`
+/// as given (or ward's default), run under `prlimit --nofile=N:N`.
+fn limited_inbound(app: &WsgiApp, ids: &Ids, nofile: u32, extra: &str) -> (Ward, u16, u16) {
+    let (port, admin) = (free_port(), free_port());
+    let body = format!(
+        "{}inbound:\n  - {{name: web, listen: \"127.0.0.1:{port}\", forward: \"{}\", protocol: http, policy: web{extra}}}\n\
+         policies:\n  web:\n    rules:\n{}admin:\n  listen: 127.0.0.1:{admin}\n",
+        identity_yaml(&ids.backend, &[]),
+        app.addr(),
+        allow_frontend()
+    );
+    let limit = format!("--nofile={nofile}:{nofile}");
+    let ward = Ward::start_wrapped(&body, &[port, admin], &[], &["prlimit", &limit, "--"]);
+    (ward, port, admin)
+}
+
+/// One real mTLS request, which must be answered well before the 10 s handshake timeout.
+fn real_request(ids: &Ids, port: u16) -> (u16, String) {
+    let mut args = vec!["--http1.1", "--max-time", "4"];
+    args.extend(mtls_args(ids));
+    let url = format!("https://127.0.0.1:{port}/real");
+    args.push(&url);
+    curl(&args)
+}
+
+/// Under `ulimit -n 400`, one neighbour (127.0.0.2) opens 420 connections and never starts a
+/// handshake. Past `max_pending_per_source` (64) its connections are closed at once, so the
+/// descriptors last and a real peer's request is answered at once, not after the handshake
+/// timeout; the refusals are counted.
+#[test]
+fn one_neighbour_cannot_exhaust_descriptors_with_idle_handshakes() {
+    let ids = ids();
+    let app = WsgiApp::spawn();
+    let (ward, port, admin) = limited_inbound(&app, &ids, 400, "");
+    let held: Vec<_> = (0..420)
+        .filter_map(|_| connect_from([127, 0, 0, 2], port).ok())
+        .collect();
+    assert!(held.len() >= 400, "only {} connections", held.len());
+    let m = wait_metrics(admin, "per-source refusals", |m| {
+        m.value("ward_connections_refused_source_total", &[("listener", "web")]) >= 300.0
+    });
+    assert!(m.value("ward_connections_active", &[("listener", "web")]) <= 64.0);
+    let (status, body) = real_request(&ids, port);
+    assert_eq!(status, 200, "{body}\n{}", ward.stderr());
+    drop(held);
+    ward.assert_no_panic();
+}
+
+/// Many neighbours (seven source addresses, 60 connections each, under a raised
+/// `max_connections`) do exhaust the 400 descriptors: `accept` fails with EMFILE. ward keeps
+/// running, counts it (`ward_accept_errors_total{reason="emfile"}`), logs it once per
+/// interval rather than per failure, and serves again as soon as the descriptors come back.
+#[test]
+fn out_of_descriptors_backs_off_counts_and_recovers() {
+    let ids = ids();
+    let app = WsgiApp::spawn();
+    let (mut ward, port, admin) = limited_inbound(&app, &ids, 400, ", max_connections: 5000");
+    let mut held = Vec::new();
+    for src in 2..=8u8 {
+        held.extend((0..60).filter_map(|_| connect_from([127, 0, 0, src], port).ok()));
+    }
+    // Wait for the failures to show in the log (the admin port cannot accept either now).
+    ward.wait_stderr("accept failed", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(2));
+    drop(held);
+    let m = wait_metrics(admin, "accept errors", |m| {
+        m.value(
+            "ward_accept_errors_total",
+            &[("listener", "web"), ("reason", "emfile")],
+        ) >= 1.0
+    });
+    let failures = m.value(
+        "ward_accept_errors_total",
+        &[("listener", "web"), ("reason", "emfile")],
+    );
+    let logged = ward.stderr().matches("accept failed").count();
+    assert!(
+        logged <= 2 && (logged as f64) <= failures,
+        "{logged} log lines for {failures} failures: once per interval, not per failure"
+    );
+    let (status, body) = real_request(&ids, port);
+    assert_eq!(status, 200, "{body}\n{}", ward.stderr());
+    ward.assert_alive();
+    ward.assert_no_panic();
+}
+
+/// 500 connections to the admin port, each with half a request head, from one address: past
+/// 16 from one source they are closed at once, the rest when the 5 s header timeout runs out;
+/// `/ready` from another address answers at once all the while.
+#[test]
+fn half_sent_admin_requests_cannot_hold_the_admin_port() {
+    use std::io::{Read, Write};
+    let ids = ids();
+    let app = WsgiApp::spawn();
+    let (ward, _, admin) = limited_inbound(&app, &ids, 4096, "");
+    let mut held = Vec::new();
+    for _ in 0..500 {
+        if let Ok(mut s) = connect_from([127, 0, 0, 3], admin) {
+            let _ = s.write_all(b"GET /ready HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+            held.push(s);
+        }
+    }
+    let started = Instant::now();
+    let ready = admin_get(admin, "/ready");
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    // Every held connection ends, the last by the header timeout: a read sees EOF or a reset
+    // well before the 45 s the old build kept them.
+    let mut open = 0;
+    for s in &mut held {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 256];
+        match s.read(&mut buf) {
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                open += 1
+            }
+            Err(_) => {}
+        }
+    }
+    assert_eq!(
+        open,
+        0,
+        "connections still open {:?} after the flood",
+        started.elapsed()
+    );
+    ward.assert_no_panic();
+}
