@@ -567,7 +567,8 @@ fn requests_denied_by_method_path_and_header_get_403_and_never_reach_the_app() {
         ("put", &["-X", "PUT"], "/public/a", 403, None),
         ("other-path", &[], "/other", 403, None),
         ("two-segments", &[], "/api/a/b", 403, None),
-        ("bare-prefix", &[], "/public", 403, None),
+        // `/public/**` covers `/public` itself.
+        ("bare-prefix", &[], "/public", 200, Some("reads")),
         ("deep", &[], "/public/a/b/c", 200, Some("reads")),
         ("post-no-csrf", &["--data", "a=1"], "/api/items", 403, None),
         (
