@@ -402,15 +402,20 @@ async fn request(
     let raw_path = req.uri().path().to_owned();
     let bytes_in = Arc::new(AtomicU64::new(0));
     let pending = |r| PendingRecord::new(r, shared.clone(), ib.metrics.clone(), started, bytes_in.clone());
+    // A request refused as malformed: 400, recorded as a deny with the path as it came.
+    let bad_request = |reason: String, method: String, path: String, authority, body: &'static str| {
+        let mut r = info.decided(Decision::Deny, None, reason);
+        r.kind = Kind::Request;
+        r.method = Some(method);
+        r.path = Some(path);
+        r.authority = authority;
+        Ok(pending(r).attach(h::text(StatusCode::BAD_REQUEST, body)))
+    };
     let path = match normalize_target(&method, &raw_path) {
         Ok(p) => p.into_owned(),
         Err(e) => {
-            let mut r = info.decided(Decision::Deny, None, format!("bad_path: {e}"));
-            r.kind = Kind::Request;
-            r.method = Some(method);
-            r.path = Some(raw_path);
-            r.authority = authority;
-            return Ok(pending(r).attach(h::text(StatusCode::BAD_REQUEST, "ward: bad request path\n")));
+            let reason = format!("bad_path: {e}");
+            return bad_request(reason, method, raw_path, authority, "ward: bad request path\n");
         }
     };
     // The headers are made what the app will get before the policy looks at them, so the
@@ -420,19 +425,9 @@ async fn request(
     let (mut parts, body) = req.into_parts();
     h::strip_hop_by_hop(&mut parts.headers);
     if let Err(name) = h::sanitize_underscores(&mut parts.headers, ib.spec.underscore_headers) {
-        let mut r = info.decided(
-            Decision::Deny,
-            None,
-            format!("bad_header: {name} has an underscore (underscore_headers: reject)"),
-        );
-        r.kind = Kind::Request;
-        r.method = Some(method);
-        r.path = Some(path);
-        r.authority = authority;
-        return Ok(pending(r).attach(h::text(
-            StatusCode::BAD_REQUEST,
-            "ward: header names with '_' are refused\n",
-        )));
+        let reason = format!("bad_header: {name} has an underscore (underscore_headers: reject)");
+        let body = "ward: header names with '_' are refused\n";
+        return bad_request(reason, method, path, authority, body);
     }
     parts.headers.remove(&h::XFCC);
     if let Some(v) = &ctx.xfcc {

@@ -261,6 +261,18 @@ fn share(svid: &SvidFiles) {
     }
 }
 
+/// A CA and the frontend's and backend's SVIDs, readable by the proxy's UID. Keep the `Pki`:
+/// it holds the files.
+fn pod_svids() -> (Pki, SvidFiles, SvidFiles) {
+    let pki = Pki::new("example.org");
+    std::fs::set_permissions(pki.dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let front = pki.issue("frontend", FRONTEND);
+    let back = pki.issue("backend", BACKEND);
+    share(&front);
+    share(&back);
+    (pki, front, back)
+}
+
 // ---------------------------------------------------------------------------------------------
 // The apps
 
@@ -575,12 +587,7 @@ fn two_pods_talk_through_transparent_sidecars() {
     }
     let mut pair = Pair::new();
     let dir = open_dir("ward-netns-");
-    let pki = Pki::new("example.org");
-    std::fs::set_permissions(pki.dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let front = pki.issue("frontend", FRONTEND);
-    let back = pki.issue("backend", BACKEND);
-    share(&front);
-    share(&back);
+    let (_pki, front, back) = pod_svids();
     let marker = format!("WARDAPPMARKER{}", std::process::id());
     let request_marker = format!("WARDREQMARKER{}", std::process::id());
 
@@ -836,10 +843,7 @@ fn another_pod_cannot_use_the_admin_plane() {
     }
     let mut pair = Pair::new();
     let dir = open_dir("ward-netns-admin-");
-    let pki = Pki::new("example.org");
-    std::fs::set_permissions(pki.dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let back = pki.issue("backend", BACKEND);
-    share(&back);
+    let (_pki, _, back) = pod_svids();
     let inbound =
         "inbound:\n  - name: pod\n    listen: 0.0.0.0:15006\n    transparent: true\n    policy: web\n";
     let policies = "policies:\n  web:\n    default: deny\n";
@@ -928,12 +932,7 @@ fn loopback_only_app_ports_stay_private_to_the_pod() {
     }
     let mut pair = Pair::new();
     let dir = open_dir("ward-netns-lo-");
-    let pki = Pki::new("example.org");
-    std::fs::set_permissions(pki.dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let front = pki.issue("frontend", FRONTEND);
-    let back = pki.issue("backend", BACKEND);
-    share(&front);
-    share(&back);
+    let (_pki, front, back) = pod_svids();
     let marker = format!("WARDLOMARKER{}", std::process::id());
     // B's apps: 8080 on every address, 6060 and 6061 on loopback only.
     let hits = dir.path().join("b-hits.log");
