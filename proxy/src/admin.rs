@@ -210,8 +210,8 @@ pub fn route(state: &AdminState, method: &Method, path: &str) -> Response<Full<B
                 json(&serde_json::json!({
                     "spiffe_id": info.id.as_str(),
                     "serial": info.serial,
-                    "not_before": crate::commands::rfc3339(info.not_before),
-                    "not_after": crate::commands::rfc3339(info.not_after),
+                    "not_before": crate::ops::commands::rfc3339(info.not_before),
+                    "not_after": crate::ops::commands::rfc3339(info.not_after),
                     "trust_domains": tls.identity.bundles().trust_domains(),
                 }))
             }
@@ -246,8 +246,8 @@ pub async fn serve(
         Plane::Probes => "probes",
     };
     let open = Arc::new(AtomicUsize::new(0));
-    let per_source = Arc::new(crate::guard::Pending::default());
-    let mut errors = crate::forward::AcceptErrors::default();
+    let per_source = Arc::new(crate::data::guard::Pending::default());
+    let mut errors = crate::data::tcp::AcceptErrors::default();
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {

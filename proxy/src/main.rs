@@ -6,5 +6,5 @@ use clap::Parser;
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> std::process::ExitCode {
-    ward::commands::main(ward::cli::Cli::parse())
+    ward::ops::commands::main(ward::ops::cli::Cli::parse())
 }

@@ -23,9 +23,9 @@ use tokio_rustls::TlsConnector;
 use ward_certs::{CredentialStore, SvidInfo};
 use ward_filters::Pattern;
 
-use crate::forward::peer_svid;
+use crate::data::tcp::peer_svid;
 use crate::http::Counted;
-use crate::tls::handshake_failure;
+use crate::data::mtls::handshake_failure;
 
 /// Request bodies ward forwards: the caller's, streamed, counting bytes.
 pub type InBody = Counted<Incoming>;
@@ -575,7 +575,7 @@ pub struct PeerConn {
     pub peer: Arc<SvidInfo>,
     /// The peer's serial, shared by every request's record.
     pub serial: Arc<str>,
-    chain: crate::forward::PeerChain,
+    chain: crate::data::tcp::PeerChain,
     /// The identity generation the chain was last validated under.
     generation: u64,
     born: std::time::Instant,
@@ -743,7 +743,7 @@ impl PeerPool {
         let conn_chain: Option<Vec<rustls_pki_types::CertificateDer<'static>>> = conn
             .peer_certificates()
             .map(|c| c.iter().map(|c| c.clone().into_owned()).collect());
-        if let Err(detail) = crate::forward::check_resumed(conn, &self.store) {
+        if let Err(detail) = crate::data::tcp::check_resumed(conn, &self.store) {
             return Err(PeerError::Handshake {
                 addr,
                 reason: "resumed_invalid",
@@ -782,7 +782,7 @@ impl PeerPool {
             send,
             serial: peer.serial.as_str().into(),
             peer: Arc::new(peer),
-            chain: crate::forward::PeerChain::new(conn_chain.as_deref()),
+            chain: crate::data::tcp::PeerChain::new(conn_chain.as_deref()),
             generation,
             born: std::time::Instant::now(),
         })

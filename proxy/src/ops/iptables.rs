@@ -730,8 +730,8 @@ pub fn print(args: &CaptureArgs) -> Result<String, IptablesError> {
 }
 
 /// `ward iptables install|uninstall|print`.
-pub fn command(cmd: &crate::cli::IptablesCommand) -> Result<(), String> {
-    use crate::cli::IptablesCommand;
+pub fn command(cmd: &crate::ops::cli::IptablesCommand) -> Result<(), String> {
+    use crate::ops::cli::IptablesCommand;
     match cmd {
         IptablesCommand::Install(args) => {
             let report = install(args).map_err(|e| e.to_string())?;

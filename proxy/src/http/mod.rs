@@ -23,14 +23,14 @@ use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::audit::{ConnInfo, Record};
-use crate::forward::Shared;
-use crate::guard::OnWake;
+use crate::data::tcp::Shared;
+use crate::data::guard::OnWake;
 use crate::metrics::ListenerMetrics;
 
 mod park;
 
 /// Response bodies ward sends: the upstream's, streamed, or a short one of its own.
-pub type OutBody = Either<crate::pool::Upstream, Full<Bytes>>;
+pub type OutBody = Either<crate::pools::Upstream, Full<Bytes>>;
 
 /// The XFCC header ward sets toward the app (and removes from every caller).
 pub static XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
@@ -386,9 +386,9 @@ pub enum Version {
     Either,
 }
 
-impl From<crate::sniff::Detected> for Version {
-    fn from(d: crate::sniff::Detected) -> Version {
-        use crate::sniff::Detected;
+impl From<crate::data::sniff::Detected> for Version {
+    fn from(d: crate::data::sniff::Detected) -> Version {
+        use crate::data::sniff::Detected;
         match d {
             Detected::Http1 => Version::H1,
             Detected::Http2 => Version::H2,
@@ -424,7 +424,7 @@ pub async fn serve_connection<I, S, B>(
     // Wire bytes each way, headers included, counted as they pass.
     let started = Instant::now();
     let tally = (metrics.bytes_received.clone(), metrics.bytes_sent.clone());
-    let (io, bytes) = crate::guard::counted(io, Some(tally));
+    let (io, bytes) = crate::data::guard::counted(io, Some(tally));
     let ctx = Drive {
         shared,
         info,
@@ -495,7 +495,7 @@ const H2_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(30);
 struct Drive<'a> {
     shared: &'a Shared,
     info: &'a ConnInfo,
-    bytes: &'a crate::guard::ByteCount,
+    bytes: &'a crate::data::guard::ByteCount,
     started: Instant,
 }
 

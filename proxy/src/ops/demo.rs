@@ -15,7 +15,7 @@ use ward_certs::{DevCa, TrustDomain};
 
 use crate::audit::AuditLog;
 use crate::config::{Config, LogConfig, LogFormat};
-use crate::server::{self, Running};
+use crate::running::{self, Running};
 
 const TD: &str = "example.org";
 const BACKEND: &str = "spiffe://example.org/ns/demo/sa/backend";
@@ -75,7 +75,7 @@ async fn start_sidecar(dir: &Path, name: &str, yaml: String) -> Result<Sidecar, 
     std::fs::write(&path, &yaml).map_err(|e| format!("{}: {e}", path.display()))?;
     let config = Config::load(&path).map_err(|e| e.to_string())?;
     let (audit, rx) = AuditLog::channel();
-    let running = server::start(&config, audit).await.map_err(|e| e.to_string())?;
+    let running = running::start(&config, audit).await.map_err(|e| e.to_string())?;
     Ok(Sidecar { running, audit: rx })
 }
 
@@ -119,7 +119,7 @@ outbound:\n  - name: {name}\n    listen: 127.0.0.1:0\n    forward: {forward}\n  
 
 /// Runs the walkthrough; with `keep`, leaves the mesh up until Ctrl-C.
 pub fn run(keep: bool) -> Result<(), String> {
-    crate::commands::init_logging(&LogConfig {
+    crate::ops::commands::init_logging(&LogConfig {
         format: LogFormat::Text,
         level: Some("error".into()),
         ..LogConfig::default()
@@ -306,7 +306,7 @@ policies:\n  backend:\n    default: deny\n    rules:\n      - name: frontend-onl
         );
         println!("  configs and the CA: {}", dir.display());
         println!("Ctrl-C to stop.");
-        server::wait_for_signal().await;
+        running::wait_for_signal().await;
     }
     for s in [backend, frontend, intruder, confused] {
         s.running.stop().await;

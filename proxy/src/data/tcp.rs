@@ -17,7 +17,7 @@ use ward_certs::{CertificateDer, CredentialStore, SvidInfo, SvidVerifier, UnixTi
 use ward_filters::{Decision, Policy};
 
 use crate::audit::{AuditLog, ConnInfo, Kind, Record};
-use crate::guard::{self, OpenCount, Recheck, Watch};
+use crate::data::guard::{self, OpenCount, Recheck, Watch};
 use crate::metrics::{ListenerMetrics, Metrics};
 
 /// What a config reload may change without restarting listeners.
@@ -191,7 +191,7 @@ pub async fn connect(addr: SocketAddr, shared: &Shared, info: &ConnInfo) -> Opti
     None
 }
 
-/// Copies both ways ([`crate::copy`]: buffers sized to the traffic, no allocation per read),
+/// Copies both ways ([`crate::data::copy`]: buffers sized to the traffic, no allocation per read),
 /// honouring half-close: EOF on one side shuts down writing on the other, and the other
 /// direction goes on until it ends too. Ends early when the connection is idle for `idle_timeout` or when
 /// `revoke` resolves. Writes the access record (or the revocation) at the end.
@@ -214,7 +214,7 @@ pub async fn pipe<A, B>(
     // The idle timer and revocation are polled when they were woken, not at every wake-up
     // of the copy.
     let outcome = tokio::select! {
-        result = crate::copy::bidirectional(&mut a, &mut b, &up, &down) => match result {
+        result = crate::data::copy::bidirectional(&mut a, &mut b, &up, &down) => match result {
             Ok(_) => Ok("closed".to_owned()),
             Err(e) => Ok(format!("error: {e}")),
         },

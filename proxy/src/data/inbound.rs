@@ -22,13 +22,13 @@ use ward_filters::{Decision, Peer, normalize_target};
 
 use crate::audit::{ConnInfo, Direction, Kind};
 use crate::config::{AppProtocol, InboundConfig, Mtls, Protocol};
-use crate::forward::{self, PeerChain, Shared};
-use crate::guard::{ConnGuard, Pending, PendingGuard};
+use crate::data::tcp::{self, PeerChain, Shared};
+use crate::data::guard::{ConnGuard, Pending, PendingGuard};
 use crate::http::{self as h, Counted, HeaderView, PendingRecord, ServiceResult};
 use crate::metrics::ListenerMetrics;
-use crate::pool::AppClient;
-use crate::sniff::{self, Detected};
-use crate::tls::handshake_failure;
+use crate::pools::AppClient;
+use crate::data::sniff::{self, Detected};
+use crate::data::mtls::handshake_failure;
 
 /// One inbound listener, resolved from config. Replaced (not mutated) when a reload changes
 /// its spec; policies are looked up by name at use, so a reload reaches live connections.
@@ -68,7 +68,7 @@ pub async fn serve(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut errors = forward::AcceptErrors::default();
+    let mut errors = tcp::AcceptErrors::default();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -86,7 +86,7 @@ pub async fn serve(
                         continue;
                     };
                     let (ib, shared) = (ib.clone(), shared.clone());
-                    crate::shards::serve(tcp, move |tcp| handle(ib, shared, tcp, src, guard, pending));
+                    crate::data::shards::serve(tcp, move |tcp| handle(ib, shared, tcp, src, guard, pending));
                 }
                 Err(e) => errors.failed(&ib.name, &e, &shared.metrics).await,
             },
@@ -108,7 +108,7 @@ impl Inbound {
                 port: None,
             });
         }
-        let dst = crate::origdst::original_dst(tcp).map_err(|e| format!("no_original_dst: {e}"))?;
+        let dst = crate::data::origdst::original_dst(tcp).map_err(|e| format!("no_original_dst: {e}"))?;
         let port = dst.port();
         if shared.settings.load().own_ports.contains(&port) {
             return Err(format!(
@@ -232,12 +232,12 @@ async fn handle(
     drop(pending);
 
     let (_, conn) = stream.get_ref();
-    if let Err(reason) = forward::check_resumed(conn, &shared.store) {
+    if let Err(reason) = tcp::check_resumed(conn, &shared.store) {
         shared.record(&info.handshake_failed("resumed_invalid", &reason));
         return;
     }
     let certs = conn.peer_certificates();
-    let (Some(peer), Some(leaf)) = (forward::peer_svid(certs), certs.and_then(|c| c.first())) else {
+    let (Some(peer), Some(leaf)) = (tcp::peer_svid(certs), certs.and_then(|c| c.first())) else {
         // The verifier accepted the chain, so this cannot happen; refuse rather than guess.
         shared.record(&info.handshake_failed("no_peer_id", "peer SPIFFE ID unavailable after handshake"));
         return;
@@ -320,7 +320,7 @@ async fn serve_detected<S>(
             Some(_) => Ok(()),
         }
     };
-    let revoke = forward::revoked(shared.watch(), shared.store.clone(), ctx.chain.clone(), recheck);
+    let revoke = tcp::revoked(shared.watch(), shared.store.clone(), ctx.chain.clone(), recheck);
 
     if detected == Detected::Opaque {
         // Bytes that are not HTTP on a listener that expected some: the policy's HTTP-only
@@ -338,8 +338,8 @@ async fn serve_detected<S>(
             let _ = io.shutdown().await;
             return;
         }
-        if let Some(app) = forward::connect(target.forward, shared, &info).await {
-            forward::pipe(io, app, shared, &info, &ib.metrics, started, revoke).await;
+        if let Some(app) = tcp::connect(target.forward, shared, &info).await {
+            tcp::pipe(io, app, shared, &info, &ib.metrics, started, revoke).await;
         }
         return;
     }
@@ -351,7 +351,7 @@ async fn serve_detected<S>(
         return;
     }
     let app = match &ib.app {
-        Some(apps) => apps[crate::shards::current() % apps.len()].clone(),
+        Some(apps) => apps[crate::data::shards::current() % apps.len()].clone(),
         None => AppClient::new(target.forward, shared.settings.load().connect_timeout),
     };
     let info = Arc::new(info);

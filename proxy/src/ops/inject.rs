@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 
-use crate::iptables::{self, CaptureArgs};
+use crate::ops::iptables::{self, CaptureArgs};
 
 /// The image `ward inject` uses unless `--image` says otherwise (a placeholder until the
 /// project publishes one).

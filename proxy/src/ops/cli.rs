@@ -64,7 +64,7 @@ pub enum Command {
     #[command(
         after_help = "Examples:\n  ward inject -f app.yaml | kubectl apply -f -\n  kubectl get deploy web -o yaml | ward inject -f - --identity spire | kubectl apply -f -\n\nAnnotations on a pod template: ward.dev/inject: \"false\" skips it; ward.dev/exclude-inbound-ports,\nward.dev/exclude-outbound-ports, ward.dev/exclude-outbound-cidrs, ward.dev/include-inbound-ports and\nward.dev/include-outbound-cidrs pass on to `ward iptables install`."
     )]
-    Inject(crate::inject::InjectArgs),
+    Inject(crate::ops::inject::InjectArgs),
     /// Ask a running ward to drain and exit (POST /shutdown on its admin port); for preStop hooks.
     #[command(after_help = "Example:\n  ward shutdown --admin 127.0.0.1:15000")]
     Shutdown {
@@ -80,13 +80,13 @@ pub enum IptablesCommand {
     #[command(
         after_help = "Examples:\n  ward iptables install\n  ward iptables install --exclude-inbound-ports 22 --exclude-outbound-cidrs 169.254.169.254/32"
     )]
-    Install(crate::iptables::CaptureArgs),
+    Install(crate::ops::iptables::CaptureArgs),
     /// Remove every WARD_* chain and every jump to one.
     #[command(after_help = "Example:\n  ward iptables uninstall")]
-    Uninstall(crate::iptables::CaptureArgs),
+    Uninstall(crate::ops::iptables::CaptureArgs),
     /// Print the rules `install` would apply, in iptables-restore form; nothing is changed.
     #[command(after_help = "Example:\n  ward iptables print --exclude-outbound-ports 5432 --ipv6 off")]
-    Print(crate::iptables::CaptureArgs),
+    Print(crate::ops::iptables::CaptureArgs),
 }
 
 #[derive(Debug, Subcommand)]

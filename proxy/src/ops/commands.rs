@@ -8,16 +8,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ward_certs::{BundleSet, DevCa, SpiffeId, SvidVerifier, TrustBundle, TrustDomain};
 
 use crate::audit::AuditLog;
-use crate::cli::{CertsCommand, Cli, Command, PolicyCommand};
+use crate::ops::cli::{CertsCommand, Cli, Command, PolicyCommand};
 use crate::config::{Config, LogConfig, LogFormat};
-use crate::server;
+use crate::running;
 
 /// Runs one command line.
 pub fn main(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Run { config, workers } => run(&config, workers),
         Command::Check { config } => check(&config),
-        Command::Demo { keep } => crate::demo::run(keep),
+        Command::Demo { keep } => crate::ops::demo::run(keep),
         Command::Certs(cmd) => certs(cmd),
         Command::Policy(PolicyCommand::Explain {
             config,
@@ -36,9 +36,9 @@ pub fn main(cli: Cli) -> ExitCode {
             &headers,
             json,
         ),
-        Command::Iptables(cmd) => crate::iptables::command(&cmd),
-        Command::Inject(args) => crate::inject::run(&args),
-        Command::Shutdown { admin } => crate::shutdown::request(admin),
+        Command::Iptables(cmd) => crate::ops::iptables::command(&cmd),
+        Command::Inject(args) => crate::ops::inject::run(&args),
+        Command::Shutdown { admin } => crate::ops::shutdown::request(admin),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -72,7 +72,7 @@ fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    crate::shards::start(workers)?;
+    crate::data::shards::start(workers)?;
     Ok(rt)
 }
 
@@ -80,7 +80,7 @@ fn run(path: &Path, workers: usize) -> Result<(), String> {
     let config = Config::load(path).map_err(|e| format!("invalid config:\n{e}"))?;
     init_logging(&config.log);
     let audit = AuditLog::open(&config.log.audit.value).map_err(|e| format!("log.audit: {e}"))?;
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %server::effective_json(&config), "ward starting");
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %running::effective_json(&config), "ward starting");
     for w in config.warnings(&path.display().to_string()) {
         tracing::warn!("{w}");
     }
@@ -94,8 +94,8 @@ fn run(path: &Path, workers: usize) -> Result<(), String> {
     let final_flush = audit.clone();
     let result = runtime(workers)?.block_on(async {
         let running = tokio::select! {
-            r = server::start(&config, audit) => r.map_err(|e| e.to_string())?,
-            _ = server::wait_for_signal() => return Ok(()),
+            r = running::start(&config, audit) => r.map_err(|e| e.to_string())?,
+            _ = running::wait_for_signal() => return Ok(()),
         };
         if let Some(tls) = running.store.current() {
             let info = tls.identity.info();
@@ -110,14 +110,14 @@ fn run(path: &Path, workers: usize) -> Result<(), String> {
         let mut drain_timeout = drain_timeout;
         loop {
             tokio::select! {
-                _ = server::wait_for_signal() => break,
+                _ = running::wait_for_signal() => break,
                 _ = shutdown.changed() => {
                     tracing::info!("POST /shutdown: draining");
                     break;
                 }
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading the config and re-reading the identity");
-                    crate::reload::reload_identity(&running.reload);
+                    crate::ops::reload::reload_identity(&running.reload);
                     last_text = std::fs::read(path).ok();
                     if let Some(t) = reload_config(path, &running).await {
                         drain_timeout = t;
@@ -148,7 +148,7 @@ fn run(path: &Path, workers: usize) -> Result<(), String> {
     // The main event loop is gone (the runtime above was a temporary); end the workers' too.
     // Connections still open past drain_timeout are dropped with them, and the records of
     // their requests cut short are written before the exit.
-    crate::shards::stop();
+    crate::data::shards::stop();
     final_flush.flush();
     result
 }
@@ -159,13 +159,13 @@ const CONFIG_POLL: Duration = Duration::from_secs(2);
 
 /// Loads, checks and applies a changed config; a broken one is refused and counted, and the
 /// last good config keeps serving. Returns the new drain timeout when applied.
-async fn reload_config(path: &Path, running: &server::Running) -> Option<Duration> {
+async fn reload_config(path: &Path, running: &running::Running) -> Option<Duration> {
     let metrics = &running.shared.metrics;
-    // Read, checked and compiled on a blocking thread (see `server::Prepared`).
+    // Read, checked and compiled on a blocking thread (see `running::Prepared`).
     let owned = path.to_owned();
     let loaded = tokio::task::spawn_blocking(move || {
         Config::load(&owned).map(|config| {
-            let prepared = server::prepare(&config);
+            let prepared = running::prepare(&config);
             (config, prepared)
         })
     })
@@ -207,7 +207,7 @@ fn check(path: &Path) -> Result<(), String> {
         eprintln!("warning: {w}");
     }
     let updates = runtime(1)?.block_on(async {
-        let mut rx = server::identity_source(&config).map_err(|e| e.to_string())?;
+        let mut rx = running::identity_source(&config).map_err(|e| e.to_string())?;
         rx.recv()
             .await
             .ok_or_else(|| "the identity source produced nothing".to_owned())

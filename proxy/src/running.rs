@@ -21,12 +21,12 @@ use ward_filters::Policy;
 use crate::admin::{self, AdminState};
 use crate::audit::{AuditLog, Direction};
 use crate::config::{Config, InboundConfig, OutboundConfig};
-use crate::forward::{Settings, Shared};
-use crate::guard::OpenCount;
-use crate::inbound::{self, Inbound};
+use crate::data::tcp::{Settings, Shared};
+use crate::data::guard::OpenCount;
+use crate::data::inbound::{self, Inbound};
 use crate::metrics::Metrics;
-use crate::outbound::{self, Outbound};
-use crate::pool::AppClient;
+use crate::data::outbound::{self, Outbound};
+use crate::pools::AppClient;
 
 /// Why the proxy could not start (or a reload was refused).
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +75,7 @@ struct ListenerHandle {
 pub struct Running {
     pub store: Arc<CredentialStore>,
     pub shared: Arc<Shared>,
-    /// Makes the identity source re-read now (SIGHUP): see [`crate::reload`].
+    /// Makes the identity source re-read now (SIGHUP): see [`crate::ops::reload`].
     pub reload: Reload,
     /// The admin server's bound address, when `admin.listen` is set.
     pub admin_addr: Option<SocketAddr>,
@@ -247,7 +247,7 @@ fn launch(
                 // One app pool per worker shard: a shard never drives another's connections.
                 app: c.forward.map(|f| {
                     let timeout = shared.settings.load().connect_timeout;
-                    (0..crate::shards::count())
+                    (0..crate::data::shards::count())
                         .map(|_| AppClient::new(f, timeout))
                         .collect()
                 }),

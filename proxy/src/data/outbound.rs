@@ -25,13 +25,13 @@ use ward_filters::{Decision, Pattern};
 
 use crate::audit::{ConnInfo, Direction, Kind};
 use crate::config::{OutboundConfig, OutboundDefault, Protocol, Route};
-use crate::forward::{self, PeerChain, Shared};
-use crate::guard::ConnGuard;
+use crate::data::tcp::{self, PeerChain, Shared};
+use crate::data::guard::ConnGuard;
 use crate::http::{self as h, Counted, PendingRecord, ServiceResult};
 use crate::metrics::ListenerMetrics;
-use crate::pool::PeerPool;
-use crate::sniff::{self, Detected};
-use crate::tls::handshake_failure;
+use crate::pools::PeerPool;
+use crate::data::sniff::{self, Detected};
+use crate::data::mtls::handshake_failure;
 
 /// One outbound listener, resolved from config.
 #[derive(Debug)]
@@ -121,7 +121,7 @@ impl Outbound {
                 expect: expect.clone(),
             });
         }
-        let dst = crate::origdst::original_dst(tcp).map_err(|e| {
+        let dst = crate::data::origdst::original_dst(tcp).map_err(|e| {
             let here = tcp.local_addr().unwrap_or(([0, 0, 0, 0], 0).into());
             (here, format!("no_original_dst: {e}"))
         })?;
@@ -152,7 +152,7 @@ impl Outbound {
         // listeners meet many destinations over a pod's life).
         pools.retain(|_, p| p.idle_for() < settings.idle_timeout);
         pools
-            .entry((crate::shards::current(), addr))
+            .entry((crate::data::shards::current(), addr))
             .or_insert_with(|| {
                 Arc::new(PeerPool::new(
                     addr,
@@ -174,7 +174,7 @@ pub async fn serve(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut errors = forward::AcceptErrors::default();
+    let mut errors = tcp::AcceptErrors::default();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -186,7 +186,7 @@ pub async fn serve(
                         continue;
                     };
                     let (ob, shared) = (ob.clone(), shared.clone());
-                    crate::shards::serve(tcp, move |tcp| handle(ob, shared, tcp, src, guard));
+                    crate::data::shards::serve(tcp, move |tcp| handle(ob, shared, tcp, src, guard));
                 }
                 Err(e) => errors.failed(&ob.name, &e, &shared.metrics).await,
             },
@@ -237,15 +237,15 @@ async fn handle(
             // Boxed, like the other paths: each is allocated only by the connections that
             // take it, so the task every connection starts with stays small.
             Box::pin(async move {
-                if let Some(up) = forward::connect(dst, &shared, &info).await {
-                    forward::pipe(
+                if let Some(up) = tcp::connect(dst, &shared, &info).await {
+                    tcp::pipe(
                         app,
                         up,
                         &shared,
                         &info,
                         &ob.metrics,
                         started,
-                        crate::guard::OnWake::new(std::future::pending()),
+                        crate::data::guard::OnWake::new(std::future::pending()),
                     )
                     .await;
                 }
@@ -326,7 +326,7 @@ async fn serve_tcp(
         shared.record(&info.failed("no_identity: ward has no SVID loaded yet"));
         return;
     };
-    let Some(upstream) = forward::connect(addr, &shared, &info).await else {
+    let Some(upstream) = tcp::connect(addr, &shared, &info).await else {
         return;
     };
     // No SNI and no DNS-name check: the server is identified by its SPIFFE ID alone.
@@ -346,12 +346,12 @@ async fn serve_tcp(
         }
         Ok(Ok(s)) => s,
     };
-    if let Err(reason) = forward::check_resumed(stream.get_ref().1, &shared.store) {
+    if let Err(reason) = tcp::check_resumed(stream.get_ref().1, &shared.store) {
         shared.record(&info.handshake_failed("resumed_invalid", &reason));
         return;
     }
     let certs = stream.get_ref().1.peer_certificates();
-    let Some(peer) = forward::peer_svid(certs) else {
+    let Some(peer) = tcp::peer_svid(certs) else {
         shared.record(&info.handshake_failed("no_peer_id", "server SPIFFE ID unavailable after handshake"));
         return;
     };
@@ -370,8 +370,8 @@ async fn serve_tcp(
         return;
     }
     shared.record(&info.decided(Decision::Allow, Some(expect.rule.clone()), "server_id_match"));
-    let revoke = forward::revoked(shared.watch(), shared.store.clone(), Some(chain), || Ok(()));
-    forward::pipe(app, stream, &shared, &info, &ob.metrics, started, revoke).await;
+    let revoke = tcp::revoked(shared.watch(), shared.store.clone(), Some(chain), || Ok(()));
+    tcp::pipe(app, stream, &shared, &info, &ob.metrics, started, revoke).await;
 }
 
 /// Serves the app's HTTP/1.1 or h2c connection; requests go out over the peer pool.
@@ -401,7 +401,7 @@ async fn serve_http(
             ))
         })
     };
-    let revoke = forward::revoked(shared.watch(), shared.store.clone(), None, || Ok(()));
+    let revoke = tcp::revoked(shared.watch(), shared.store.clone(), None, || Ok(()));
     h::serve_connection(
         app,
         h::Version::from(detected),
@@ -427,7 +427,7 @@ async fn request(
     let authority = h::authority(&req);
     let method = req.method().as_str().to_owned();
     let path = req.uri().path().to_owned();
-    let record = |decision, reason: Cow<'static, str>, peer: Option<&crate::pool::PeerConn>| {
+    let record = |decision, reason: Cow<'static, str>, peer: Option<&crate::pools::PeerConn>| {
         let mut info = (*info).clone();
         if let Some(p) = peer {
             info.peer_id = Some(p.peer.id.shared());
@@ -446,7 +446,7 @@ async fn request(
         Ok(c) => c,
         Err(e) => {
             let status = match e {
-                crate::pool::PeerError::ServerIdMismatch { .. } => StatusCode::BAD_GATEWAY,
+                crate::pools::PeerError::ServerIdMismatch { .. } => StatusCode::BAD_GATEWAY,
                 _ => StatusCode::SERVICE_UNAVAILABLE,
             };
             tracing::warn!(listener = %ob.name, error = %e, "no connection to the peer");
@@ -477,7 +477,7 @@ async fn request(
     let req = Request::from_parts(parts, Counted::new(body, bytes_in.clone()));
     match send.send_request(req).await {
         Ok(resp) => {
-            let mut resp = resp.map(|b| http_body_util::Either::Left(crate::pool::Upstream::new(b)));
+            let mut resp = resp.map(|b| http_body_util::Either::Left(crate::pools::Upstream::new(b)));
             h::strip_hop_by_hop(resp.headers_mut());
             Ok(pending.attach(resp))
         }

@@ -1,0 +1,11 @@
+//! The data path: every byte of a proxied connection passes through here.
+
+pub mod copy;
+pub mod guard;
+pub mod inbound;
+pub mod mtls;
+pub mod origdst;
+pub mod outbound;
+pub mod shards;
+pub mod sniff;
+pub mod tcp;
