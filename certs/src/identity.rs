@@ -220,7 +220,8 @@ impl TlsConfigs {
     }
 }
 
-/// The SPIFFE ID of the peer of a finished handshake (its chain was already validated).
-pub fn peer_id_of(peer_certs: Option<&[CertificateDer<'_>]>) -> Option<crate::SpiffeId> {
-    svid::peer_id(peer_certs?.first()?).ok()
+/// The SVID of the peer of a finished handshake (its chain was already validated): its SPIFFE
+/// ID, serial and validity, read from the leaf.
+pub fn peer_svid(peer_certs: Option<&[CertificateDer<'_>]>) -> Option<svid::SvidInfo> {
+    svid::check_leaf(peer_certs?.first()?).ok()
 }

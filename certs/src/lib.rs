@@ -15,7 +15,7 @@ pub mod verify;
 
 pub use bundle::{BundleError, BundleSet, TrustBundle};
 pub use devca::{DevCa, DevCaError, IssuedSvid};
-pub use identity::{Identity, IdentityError, TlsConfigs, TlsOptions, peer_id_of, provider};
+pub use identity::{Identity, IdentityError, TlsConfigs, TlsOptions, peer_svid, provider};
 pub use source::{
     Backoff, DevSource, Federation, FilesLayout, FilesSource, FilesTiming, IdentityUpdates, Reload,
     WorkloadApiSource,

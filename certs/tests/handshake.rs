@@ -12,7 +12,7 @@ use common::*;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConnection, Connection, ServerConnection};
 use ward_certs::{
-    BundleSet, Identity, SpiffeId, TlsConfigs, TlsOptions, TrustBundle, UnixTime, VerifyError, peer_id_of,
+    BundleSet, Identity, SpiffeId, TlsConfigs, TlsOptions, TrustBundle, UnixTime, VerifyError, peer_svid,
 };
 
 fn configs(identity: Identity, alpn: &[&[u8]]) -> TlsConfigs {
@@ -94,8 +94,11 @@ fn mutual_handshake_succeeds_and_each_side_sees_the_other_id() {
     s.unwrap();
     assert!(!client.is_handshaking() && !server.is_handshaking());
     assert_eq!(client.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
-    assert_eq!(peer_id_of(server.peer_certificates()), Some(web_id()));
-    assert_eq!(peer_id_of(client.peer_certificates()), Some(db_id()));
+    assert_eq!(
+        peer_svid(server.peer_certificates()).map(|s| s.id),
+        Some(web_id())
+    );
+    assert_eq!(peer_svid(client.peer_certificates()).map(|s| s.id), Some(db_id()));
 
     // Application data flows both ways.
     client.writer().write_all(b"ping").unwrap();
@@ -151,7 +154,7 @@ fn client_with_svid_from_untrusted_ca_fails_the_server_handshake() {
         "{reason:?}"
     );
     assert_eq!(reason.reason(), "unknown_issuer");
-    assert!(peer_id_of(server.peer_certificates()).is_none());
+    assert!(peer_svid(server.peer_certificates()).map(|s| s.id).is_none());
     // The client learns of the refusal through the server's alert.
     let c_err = c.unwrap_err();
     assert!(matches!(c_err, rustls::Error::AlertReceived(_)), "{c_err:?}");
@@ -191,8 +194,11 @@ fn federated_client_is_accepted_when_its_bundle_is_present() {
     let (c, s) = pump(&mut client, &mut server);
     c.unwrap();
     s.unwrap();
-    assert_eq!(peer_id_of(server.peer_certificates()), Some(partner_id));
-    assert_eq!(peer_id_of(client.peer_certificates()), Some(db_id()));
+    assert_eq!(
+        peer_svid(server.peer_certificates()).map(|s| s.id),
+        Some(partner_id)
+    );
+    assert_eq!(peer_svid(client.peer_certificates()).map(|s| s.id), Some(db_id()));
 }
 
 #[test]
@@ -207,7 +213,7 @@ fn server_with_svid_from_untrusted_ca_fails_the_client_handshake() {
     let reason = VerifyError::from_rustls(&err).unwrap();
     assert!(matches!(reason, VerifyError::UnknownIssuer(_)), "{reason:?}");
     assert!(matches!(s.unwrap_err(), rustls::Error::AlertReceived(_)));
-    assert!(peer_id_of(client.peer_certificates()).is_none());
+    assert!(peer_svid(client.peer_certificates()).map(|s| s.id).is_none());
 }
 
 #[test]
@@ -219,6 +225,6 @@ fn from_rustls_ignores_errors_it_did_not_make() {
         ))
         .is_none()
     );
-    assert_eq!(peer_id_of(None), None);
-    assert_eq!(peer_id_of(Some(&[])), None);
+    assert_eq!(peer_svid(None).map(|s| s.id), None);
+    assert_eq!(peer_svid(Some(&[])).map(|s| s.id), None);
 }

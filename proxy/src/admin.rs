@@ -13,7 +13,7 @@
 //! take, so a flood of half-sent requests cannot hold them.
 
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -28,6 +28,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use ward_certs::CredentialStore;
 
+use crate::config::is_loopback;
 use crate::metrics::Metrics;
 
 /// What the admin endpoints read.
@@ -101,14 +102,6 @@ pub const MAX_CONNECTIONS: usize = 256;
 pub const MAX_PER_SOURCE: u32 = 16;
 /// A request head must arrive within this; an idle keep-alive connection is closed after it.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Whether `ip` is a loopback address (IPv4-mapped IPv6 included).
-pub fn is_loopback(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
-    }
-}
 
 /// Whether a `Host` header value names this machine unambiguously: `localhost` (or a name
 /// under `.localhost`, which resolvers must keep on loopback, RFC 6761) or an IP literal, with
@@ -210,8 +203,8 @@ pub fn route(state: &AdminState, method: &Method, path: &str) -> Response<Full<B
                 json(&serde_json::json!({
                     "spiffe_id": info.id.as_str(),
                     "serial": info.serial,
-                    "not_before": crate::ops::commands::rfc3339(info.not_before),
-                    "not_after": crate::ops::commands::rfc3339(info.not_after),
+                    "not_before": crate::audit::rfc3339(info.not_before),
+                    "not_after": crate::audit::rfc3339(info.not_after),
                     "trust_domains": tls.identity.bundles().trust_domains(),
                 }))
             }
@@ -246,8 +239,8 @@ pub async fn serve(
         Plane::Probes => "probes",
     };
     let open = Arc::new(AtomicUsize::new(0));
-    let per_source = Arc::new(crate::data::guard::Pending::default());
-    let mut errors = crate::data::tcp::AcceptErrors::default();
+    let per_source = Arc::new(crate::data::accept::Pending::default());
+    let mut errors = crate::data::accept::AcceptErrors::default();
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -295,6 +288,8 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+
     use super::*;
 
     #[test]

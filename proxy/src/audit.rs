@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, mpsc};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use ward_filters::{Decision, Verdict};
@@ -557,6 +557,18 @@ impl AuditLog {
     }
 }
 
+/// Formats Unix seconds as RFC 3339. Certificates may carry any date: ones outside what
+/// RFC 3339 can say (before 1970 here, after 9999) are shown as such, never a panic.
+pub fn rfc3339(unix: i64) -> String {
+    const MAX: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+    match unix {
+        i64::MIN..0 => format!("{unix} (before 1970)"),
+        0..=MAX => humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix.unsigned_abs()))
+            .to_string(),
+        _ => format!("{unix} (after 9999)"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -674,5 +686,14 @@ mod tests {
             line(epoch + Duration::from_secs(300_000_000_000)),
             "9999-12-31T23:59:59.999Z"
         );
+    }
+
+    #[test]
+    fn any_certificate_date_formats_without_panic() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert!(rfc3339(-1).contains("before 1970"));
+        assert!(rfc3339(i64::MIN).contains("before 1970"));
+        assert!(rfc3339(i64::MAX).contains("after 9999"));
+        assert_eq!(rfc3339(253_402_300_799), "9999-12-31T23:59:59Z");
     }
 }

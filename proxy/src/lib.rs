@@ -13,3 +13,4 @@ pub mod metrics;
 pub mod ops;
 pub mod pools;
 pub mod running;
+pub mod state;

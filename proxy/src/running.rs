@@ -16,17 +16,16 @@ use ward_certs::{
     Backoff, CredentialStore, DevCa, DevSource, Federation, FilesSource, FilesTiming, IdentityUpdates,
     Reload, SpiffeId, TlsOptions, TrustDomain, UpdateResult, WorkloadApiSource,
 };
-use ward_filters::Policy;
 
 use crate::admin::{self, AdminState};
 use crate::audit::{AuditLog, Direction};
-use crate::config::{Config, InboundConfig, OutboundConfig};
-use crate::data::tcp::{Settings, Shared};
-use crate::data::guard::OpenCount;
+use crate::config::{Config, InboundModel, Model, OutboundModel};
+use crate::data::accept::OpenCount;
 use crate::data::inbound::{self, Inbound};
-use crate::metrics::Metrics;
 use crate::data::outbound::{self, Outbound};
+use crate::metrics::Metrics;
 use crate::pools::AppClient;
+use crate::state::Shared;
 
 /// Why the proxy could not start (or a reload was refused).
 #[derive(Debug, thiserror::Error)]
@@ -44,18 +43,18 @@ pub enum StartError {
     },
 }
 
-/// A listener's spec, compared across reloads.
+/// A listener as compiled, compared across reloads.
 #[derive(Debug, Clone, PartialEq)]
 enum Spec {
-    Inbound(InboundConfig, Duration),
-    Outbound(OutboundConfig, Duration),
+    Inbound(InboundModel),
+    Outbound(OutboundModel),
 }
 
 impl Spec {
     fn listen(&self) -> SocketAddr {
         match self {
-            Spec::Inbound(c, _) => c.listen,
-            Spec::Outbound(c, _) => c.listen,
+            Spec::Inbound(l) => l.spec.listen,
+            Spec::Outbound(l) => l.spec.listen,
         }
     }
 }
@@ -140,83 +139,16 @@ pub fn identity_source(config: &Config) -> Result<IdentityUpdates, StartError> {
     Err(StartError::Identity("no identity source configured".into()))
 }
 
-/// The effective config as JSON (paths only: ward's config holds no secrets).
-/// A config made ready to apply: its policies compiled and its effective form (for
-/// `/config`). A reload makes it on a blocking thread: for a config with thousands of rules
-/// this and reading the file take tens of milliseconds (about 90 for 10,000 rules), which
-/// would otherwise stall the thread that accepts connections (and, with one worker, serves
-/// them).
-pub struct Prepared {
-    settings: Settings,
-    json: serde_json::Value,
-}
-
-pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
-    Ok(Prepared {
-        settings: compile(config)?,
-        json: effective_json(config),
-    })
-}
-
-pub fn effective_json(config: &Config) -> serde_json::Value {
-    serde_json::to_value(config).unwrap_or_default()
-}
-
-fn compile(config: &Config) -> Result<Settings, StartError> {
-    let mut policies = HashMap::new();
-    for (name, spec) in &config.policies {
-        let policy = Policy::compile(name, &spec.value).map_err(|e| StartError::Config(e.to_string()))?;
-        policies.insert(name.clone(), Arc::new(policy));
-    }
-    let own_ports = config
+/// The model's listeners, by name.
+fn specs(model: &Model) -> Vec<(String, Spec)> {
+    let ins = model
         .inbound
         .iter()
-        .map(|l| l.value.listen.port())
-        .chain(config.outbound.iter().map(|l| l.value.listen.port()))
-        .chain(config.admin.iter().map(|a| a.value.listen.port()))
-        .chain(
-            config
-                .admin
-                .iter()
-                .filter_map(|a| a.value.probes)
-                .map(|p| p.port()),
-        )
-        .filter(|p| *p != 0)
-        .collect();
-    let listener_policies = config
-        .inbound
+        .map(|l| (l.name.to_string(), Spec::Inbound(l.clone())));
+    let outs = model
+        .outbound
         .iter()
-        .map(|l| {
-            let ports = l
-                .value
-                .ports
-                .iter()
-                .filter_map(|(port, o)| Some((*port, o.policy.clone()?)))
-                .collect();
-            (l.value.name.clone(), (l.value.policy.clone(), ports))
-        })
-        .collect();
-    Ok(Settings {
-        policies,
-        listener_policies,
-        connect_timeout: config.connect_timeout,
-        detect_timeout: config.detect_timeout,
-        idle_timeout: config.idle_timeout,
-        request_header_timeout: config.request_header_timeout,
-        max_connection_lifetime: config.max_connection_lifetime,
-        own_ports,
-    })
-}
-
-fn specs(config: &Config) -> Vec<(String, Spec)> {
-    let ins = config.inbound.iter().map(|l| {
-        let ht = l.value.handshake_timeout.unwrap_or(config.handshake_timeout);
-        (l.value.name.clone(), Spec::Inbound(l.value.clone(), ht))
-    });
-    let outs = config.outbound.iter().map(|l| {
-        let ht = l.value.handshake_timeout.unwrap_or(config.handshake_timeout);
-        (l.value.name.clone(), Spec::Outbound(l.value.clone(), ht))
-    });
+        .map(|l| (l.name.to_string(), Spec::Outbound(l.clone())));
     ins.chain(outs).collect()
 }
 
@@ -239,11 +171,12 @@ fn launch(
     let addr = socket.local_addr().unwrap_or(spec.listen());
     let (stop, stop_rx) = watch::channel(false);
     let task = match &spec {
-        Spec::Inbound(c, ht) => {
+        Spec::Inbound(l) => {
+            let c = &l.spec;
             let ib = Arc::new(Inbound {
-                name: Arc::from(name),
+                name: l.name.clone(),
                 spec: c.clone(),
-                handshake_timeout: *ht,
+                handshake_timeout: l.handshake_timeout,
                 // One app pool per worker shard: a shard never drives another's connections.
                 app: c.forward.map(|f| {
                     let timeout = shared.settings.load().connect_timeout;
@@ -260,15 +193,12 @@ fn launch(
             });
             tokio::spawn(inbound::serve(socket.clone(), ib, shared.clone(), stop_rx))
         }
-        Spec::Outbound(c, ht) => {
+        Spec::Outbound(l) => {
             let ob = Outbound::new(
-                name,
-                c.clone(),
-                *ht,
+                l,
                 shared.metrics.listener(name, Direction::Outbound),
                 open.clone(),
-            )
-            .map_err(|e| StartError::Config(format!("outbound {name:?}: {e}")))?;
+            );
             tokio::spawn(outbound::serve(
                 socket.clone(),
                 Arc::new(ob),
@@ -290,12 +220,13 @@ fn launch(
 
 /// Starts the admin server (if configured), loads the first valid identity, binds every
 /// listener and starts serving.
-pub async fn start(config: &Config, audit: AuditLog) -> Result<Running, StartError> {
-    let Prepared { settings, json } = prepare(config)?;
+pub async fn start(model: &Model, audit: AuditLog) -> Result<Running, StartError> {
+    let (config, settings, json) = (&model.config, model.settings.clone(), model.json.clone());
     let metrics = Arc::new(Metrics::new());
     let store = Arc::new(CredentialStore::new(TlsOptions::default()));
     let (stop_background, stop_rx) = watch::channel(false);
     let (draining, _) = watch::channel(false);
+    let mut background = Vec::new();
     let shared = Arc::new(Shared {
         store: store.clone(),
         audit,
@@ -304,11 +235,20 @@ pub async fn start(config: &Config, audit: AuditLog) -> Result<Running, StartErr
         policy_gen: watch::channel(0).0,
         draining,
         open: Arc::new(OpenCount::default()),
+        live: Arc::default(),
+    });
+    // One task decides, on every new identity and every applied reload, which live
+    // connections must close.
+    background.push({
+        let (live, store, policy) = (shared.live.clone(), store.clone(), shared.policy_gen.subscribe());
+        let settings = Arc::downgrade(&shared);
+        tokio::spawn(live.watch(store, policy, move || {
+            settings.upgrade().map(|s| s.settings()).unwrap_or_default()
+        }))
     });
     let config_json = Arc::new(ArcSwap::from_pointee(json));
     let (listening_tx, listening_rx) = watch::channel(false);
     let (shutdown_tx, shutdown_requested) = watch::channel(false);
-    let mut background = Vec::new();
 
     let admin_addr = match &config.admin {
         Some(a) => {
@@ -396,7 +336,7 @@ pub async fn start(config: &Config, audit: AuditLog) -> Result<Running, StartErr
     }));
 
     let mut listeners = HashMap::new();
-    for (name, spec) in specs(config) {
+    for (name, spec) in specs(model) {
         let socket = Arc::new(bind(&name, spec.listen()).await?);
         listeners.insert(
             name.clone(),
@@ -448,8 +388,11 @@ impl Running {
     /// spec changed restart (keeping their socket when the address is the same); new ones
     /// bind; removed ones stop accepting. Refused whole when anything fails; live connections
     /// are then re-checked against the new policies.
-    pub async fn apply(&self, config: &Config, prepared: Prepared) -> Result<(), StartError> {
-        let Prepared { settings, json: new } = prepared;
+    pub async fn apply(&self, model: Model) -> Result<(), StartError> {
+        let wanted = specs(&model);
+        let Model {
+            settings, json: new, ..
+        } = model;
         // What a reload cannot change: the identity source, the admin server and the logs are
         // set up once. Refusing says so, instead of showing a config in /config that is not
         // the one running.
@@ -465,7 +408,6 @@ impl Running {
             )));
         }
         let mut current = self.listeners.lock().await;
-        let wanted = specs(config);
         // Bind what is new first, so a bind failure leaves everything as it was.
         let mut sockets: HashMap<String, Arc<TcpListener>> = HashMap::new();
         for (name, spec) in &wanted {

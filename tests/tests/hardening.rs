@@ -288,7 +288,10 @@ fn one_neighbour_cannot_exhaust_descriptors_with_idle_handshakes() {
 fn out_of_descriptors_backs_off_counts_and_recovers() {
     let ids = ids();
     let app = WsgiApp::spawn();
-    let (mut ward, port, admin) = limited_inbound(&app, &ids, 400, ", max_connections: 5000");
+    // A handshake timeout longer than opening the 420 connections takes on a busy machine:
+    // none may be closed (and its descriptor freed) before the last one is open.
+    let (mut ward, port, admin) =
+        limited_inbound(&app, &ids, 400, ", max_connections: 5000, handshake_timeout: 60s");
     let mut held = Vec::new();
     for src in 2..=8u8 {
         held.extend((0..60).filter_map(|_| connect_from([127, 0, 0, src], port).ok()));

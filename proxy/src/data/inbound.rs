@@ -16,19 +16,19 @@ use hyper::service::service_fn;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
-use ward_certs::SpiffeId;
 use ward_filters::{Decision, Peer, normalize_target};
 
 use crate::audit::{ConnInfo, Direction, Kind};
 use crate::config::{AppProtocol, InboundConfig, Mtls, Protocol};
-use crate::data::tcp::{self, PeerChain, Shared};
-use crate::data::guard::{ConnGuard, Pending, PendingGuard};
+use crate::data::accept::{self, Caps, ConnGuard, Pending, PendingGuard};
+use crate::data::live::Scope;
+use crate::data::mtls::{self, MtlsError, PeerIdentity};
+use crate::data::sniff::{self, Detected};
+use crate::data::tcp;
 use crate::http::{self as h, Counted, HeaderView, PendingRecord, ServiceResult};
 use crate::metrics::ListenerMetrics;
 use crate::pools::AppClient;
-use crate::data::sniff::{self, Detected};
-use crate::data::mtls::handshake_failure;
+use crate::state::Shared;
 
 /// One inbound listener, resolved from config. Replaced (not mutated) when a reload changes
 /// its spec; policies are looked up by name at use, so a reload reaches live connections.
@@ -66,33 +66,26 @@ pub async fn serve(
     listener: Arc<TcpListener>,
     ib: Arc<Inbound>,
     shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let mut errors = tcp::AcceptErrors::default();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, src)) => {
-                    errors.ok();
-                    let Some(guard) = ConnGuard::admit(&ib.open, Some(ib.max_connections), &shared.open, &ib.metrics) else {
-                        tracing::debug!(listener = %ib.name, %src, "refused: max_connections reached");
-                        drop(tcp);
-                        continue;
-                    };
-                    let Some(pending) = ib.pending.admit(src.ip(), ib.spec.max_pending_per_source) else {
-                        ib.metrics.refused_source.inc();
-                        tracing::debug!(listener = %ib.name, %src, "refused: max_pending_per_source handshakes from this address");
-                        drop(tcp);
-                        continue;
-                    };
-                    let (ib, shared) = (ib.clone(), shared.clone());
-                    crate::data::shards::serve(tcp, move |tcp| handle(ib, shared, tcp, src, guard, pending));
-                }
-                Err(e) => errors.failed(&ib.name, &e, &shared.metrics).await,
-            },
-            _ = stop.changed() => return,
-        }
-    }
+    let caps = Caps {
+        name: &ib.name,
+        open: &ib.open,
+        max: ib.max_connections,
+        metrics: &ib.metrics,
+        pending: Some((&ib.pending, ib.spec.max_pending_per_source)),
+    };
+    accept::serve(
+        &listener,
+        caps,
+        (&shared.open, &shared.metrics),
+        stop,
+        |tcp, src, guard, pending| {
+            let (ib, shared) = (ib.clone(), shared.clone());
+            crate::data::shards::serve(tcp, move |tcp| handle(ib, shared, tcp, src, guard, pending));
+        },
+    )
+    .await;
 }
 
 impl Inbound {
@@ -129,23 +122,32 @@ impl Inbound {
 }
 
 /// Who the peer of one connection is, as the L7 path needs it.
-#[derive(Clone)]
 struct PeerCtx {
-    id: Option<SpiffeId>,
+    /// `None`: a plaintext peer of a permissive listener.
+    peer: Option<Arc<PeerIdentity>>,
     /// The XFCC header value for the app (when the listener sets it): who this ward was in
     /// the handshake, the peer's leaf hash and ID. Made once per connection; each request
     /// clones it (a reference count).
     xfcc: Option<HeaderValue>,
-    chain: Option<PeerChain>,
 }
 
 impl PeerCtx {
     fn peer(&self) -> Peer<'_> {
-        match &self.id {
-            Some(id) => Peer::Authenticated(id.as_str()),
+        match &self.peer {
+            Some(p) => Peer::Authenticated(p.id.as_str()),
             None => Peer::Unauthenticated,
         }
     }
+}
+
+/// A connection whose peer and protocol are known, ready to be served.
+struct Accepted<S> {
+    io: S,
+    detected: Detected,
+    info: ConnInfo,
+    target: Target,
+    ctx: PeerCtx,
+    started: Instant,
 }
 
 async fn handle(
@@ -154,7 +156,7 @@ async fn handle(
     tcp: TcpStream,
     src: SocketAddr,
     _guard: ConnGuard,
-    pending: PendingGuard,
+    pending: Option<PendingGuard>,
 ) {
     let started = Instant::now();
     let local = tcp.local_addr().unwrap_or(src);
@@ -176,17 +178,12 @@ async fn handle(
     };
     info.dst = target.dst;
     let Some(tls) = shared.store.current() else {
-        shared.record(&info.failed("no_identity: ward has no SVID loaded yet"));
+        shared.record(&MtlsError::NoIdentity.record(&info, None));
         return;
     };
 
     if ib.spec.mtls == Mtls::Permissive && !looks_like_tls(&tcp, ib.handshake_timeout).await {
         drop(pending);
-        let plain = PeerCtx {
-            id: None,
-            xfcc: None,
-            chain: None,
-        };
         let detected = match target.protocol {
             Protocol::Tcp => Detected::Opaque,
             Protocol::Http => {
@@ -203,63 +200,52 @@ async fn handle(
                 sniff::peek_tcp(&tcp, settings.idle_timeout, settings.detect_timeout).await
             }
         };
-        Box::pin(serve_detected(
-            tcp, detected, &ib, &shared, info, target, plain, started,
-        ))
-        .await;
+        let ctx = PeerCtx {
+            peer: None,
+            xfcc: None,
+        };
+        let conn = Accepted {
+            io: tcp,
+            detected,
+            info,
+            target,
+            ctx,
+            started,
+        };
+        Box::pin(serve_detected(conn, &ib, &shared)).await;
         return;
     }
 
-    let server_config = match target.protocol {
+    let config = match target.protocol {
         Protocol::Tcp => tls.server.clone(),
         Protocol::Http | Protocol::Auto => tls.server_http.clone(),
     };
-    let accept = TlsAcceptor::from(server_config).accept(tcp);
-    let stream = match tokio::time::timeout(ib.handshake_timeout, accept).await {
-        Err(_) => {
-            let detail = format!("no handshake within {:?}", ib.handshake_timeout);
-            shared.record(&info.handshake_failed("timeout", &detail));
+    let (stream, peer) = match mtls::accept(tcp, config, ib.handshake_timeout, &shared.store).await {
+        Ok(accepted) => accepted,
+        Err(e) => {
+            tracing::debug!(listener = %ib.name, %src, reason = e.reason(), detail = %e, "inbound handshake failed");
+            shared.record(&e.record(&info, None));
             return;
         }
-        Ok(Err(e)) => {
-            let (reason, detail) = handshake_failure(&e);
-            tracing::debug!(listener = %ib.name, %src, reason, %detail, "inbound handshake failed");
-            shared.record(&info.handshake_failed(reason, &detail));
-            return;
-        }
-        Ok(Ok(s)) => s,
     };
     drop(pending);
-
-    let (_, conn) = stream.get_ref();
-    if let Err(reason) = tcp::check_resumed(conn, &shared.store) {
-        shared.record(&info.handshake_failed("resumed_invalid", &reason));
-        return;
-    }
-    let certs = conn.peer_certificates();
-    let (Some(peer), Some(leaf)) = (tcp::peer_svid(certs), certs.and_then(|c| c.first())) else {
-        // The verifier accepted the chain, so this cannot happen; refuse rather than guess.
-        shared.record(&info.handshake_failed("no_peer_id", "peer SPIFFE ID unavailable after handshake"));
-        return;
-    };
+    peer.mark(&mut info);
+    let xfcc = ib
+        .spec
+        .xfcc
+        .then(|| {
+            h::xfcc_value(
+                tls.identity.id().as_str(),
+                &h::cert_sha256(peer.leaf()),
+                peer.id.as_str(),
+            )
+        })
+        .flatten();
     let ctx = PeerCtx {
-        id: Some(peer.id.clone()),
-        xfcc: ib
-            .spec
-            .xfcc
-            .then(|| {
-                h::xfcc_value(
-                    tls.identity.id().as_str(),
-                    &h::cert_sha256(leaf),
-                    peer.id.as_str(),
-                )
-            })
-            .flatten(),
-        chain: Some(PeerChain::new(certs)),
+        peer: Some(Arc::new(peer)),
+        xfcc,
     };
-    info.peer_id = Some(peer.id.shared());
-    info.peer_serial = Some(peer.serial.into());
-    let detected = match (target.protocol, conn.alpn_protocol()) {
+    let detected = match (target.protocol, stream.get_ref().1.alpn_protocol()) {
         (Protocol::Tcp, _) => Some(Detected::Opaque),
         (_, Some(b"h2")) => Some(Detected::Http2),
         (_, Some(_)) => Some(Detected::Http1),
@@ -275,26 +261,32 @@ async fn handle(
             sniff::read_prefix(stream, settings.idle_timeout, settings.detect_timeout).await
         }
     };
-    Box::pin(serve_detected(
-        io, detected, &ib, &shared, info, target, ctx, started,
-    ))
-    .await;
+    let conn = Accepted {
+        io,
+        detected,
+        info,
+        target,
+        ctx,
+        started,
+    };
+    Box::pin(serve_detected(conn, &ib, &shared)).await;
 }
 
-/// Serves an identified connection as opaque TCP or HTTP.
-#[allow(clippy::too_many_arguments)]
-async fn serve_detected<S>(
-    mut io: S,
-    detected: Detected,
-    ib: &Arc<Inbound>,
-    shared: &Arc<Shared>,
-    info: ConnInfo,
-    target: Target,
-    ctx: PeerCtx,
-    started: Instant,
-) where
+/// Serves an identified connection as opaque TCP or HTTP, registered among the live
+/// connections for as long as it lasts (a reload whose policy no longer admits its peer, or a
+/// bundle that no longer validates it, closes it).
+async fn serve_detected<S>(conn: Accepted<S>, ib: &Arc<Inbound>, shared: &Arc<Shared>)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Accepted {
+        mut io,
+        detected,
+        info,
+        target,
+        ctx,
+        started,
+    } = conn;
     if detected == Detected::Silent {
         shared.record(&info.silent("peer", started.elapsed()));
         return;
@@ -303,24 +295,13 @@ async fn serve_detected<S>(
         shared.record(&info.failed("no_policy: the listener has no policy now"));
         return;
     };
-    // A later reload re-checks this connection against the listener's policy then.
-    let recheck = {
-        let (shared, listener, port, ctx) = (shared.clone(), ib.name.clone(), target.port, ctx.clone());
-        let http = detected != Detected::Opaque;
-        move || match shared.policy(&listener, port) {
-            None => Err(format!("revoked_policy: listener {listener:?} has no policy now")),
-            Some(p) if http && !p.may_allow_requests(ctx.peer()) => Err(format!(
-                "revoked_policy: policy {:?} no longer admits this peer",
-                p.name()
-            )),
-            Some(p) if !http && p.evaluate_connection(ctx.peer()).decision == Decision::Deny => Err(format!(
-                "revoked_policy: policy {:?} now denies this peer",
-                p.name()
-            )),
-            Some(_) => Ok(()),
-        }
+    let scope = Scope::Policy {
+        listener: ib.name.clone(),
+        port: target.port,
+        http: detected != Detected::Opaque,
     };
-    let revoke = tcp::revoked(shared.watch(), shared.store.clone(), ctx.chain.clone(), recheck);
+    let lifetime = shared.settings.load().max_connection_lifetime;
+    let live = shared.live.register(ctx.peer.clone(), scope, lifetime);
 
     if detected == Detected::Opaque {
         // Bytes that are not HTTP on a listener that expected some: the policy's HTTP-only
@@ -339,7 +320,7 @@ async fn serve_detected<S>(
             return;
         }
         if let Some(app) = tcp::connect(target.forward, shared, &info).await {
-            tcp::pipe(io, app, shared, &info, &ib.metrics, started, revoke).await;
+            tcp::pipe(io, app, shared, &info, &ib.metrics, started, live.closed()).await;
         }
         return;
     }
@@ -381,7 +362,7 @@ async fn serve_detected<S>(
         shared,
         &info,
         &ib.metrics,
-        revoke,
+        live.closed(),
     )
     .await;
 }
@@ -468,7 +449,7 @@ async fn request(
     let req = Request::from_parts(parts, Counted::new(body, bytes_in.clone()));
     match app.send(req, h2).await {
         Ok(resp) => {
-            let mut resp = resp.map(http_body_util::Either::Left);
+            let mut resp = resp;
             h::strip_hop_by_hop(resp.headers_mut());
             Ok(pending.attach(resp))
         }

@@ -1,8 +1,10 @@
 //! The data path: every byte of a proxied connection passes through here.
 
+pub mod accept;
 pub mod copy;
-pub mod guard;
 pub mod inbound;
+pub mod io;
+pub mod live;
 pub mod mtls;
 pub mod origdst;
 pub mod outbound;

@@ -16,22 +16,22 @@ use std::time::{Duration, Instant};
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use rustls_pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, watch};
-use tokio_rustls::TlsConnector;
 use ward_filters::{Decision, Pattern};
 
 use crate::audit::{ConnInfo, Direction, Kind};
-use crate::config::{OutboundConfig, OutboundDefault, Protocol, Route};
-use crate::data::tcp::{self, PeerChain, Shared};
-use crate::data::guard::ConnGuard;
+use crate::config::{Expect, OutboundConfig, OutboundDefault, OutboundModel, Protocol, Route};
+use crate::data::accept::{self, Caps, ConnGuard};
+use crate::data::live::Scope;
+use crate::data::mtls::{self, Dial, MtlsError};
+use crate::data::sniff::{self, Detected};
+use crate::data::tcp;
 use crate::http::{self as h, Counted, PendingRecord, ServiceResult};
 use crate::metrics::ListenerMetrics;
 use crate::pools::PeerPool;
-use crate::data::sniff::{self, Detected};
-use crate::data::mtls::handshake_failure;
+use crate::state::Shared;
 
 /// One outbound listener, resolved from config.
 #[derive(Debug)]
@@ -52,14 +52,6 @@ pub struct Outbound {
     pools: Mutex<HashMap<(usize, SocketAddr), Arc<PeerPool>>>,
 }
 
-/// The identity a destination must prove, compiled once per listener, and how records name
-/// the check.
-#[derive(Debug)]
-struct Expect {
-    server_id: Pattern,
-    rule: Arc<str>,
-}
-
 /// Where a connection goes.
 #[derive(Debug, Clone)]
 enum Dest {
@@ -70,39 +62,13 @@ enum Dest {
 }
 
 impl Outbound {
-    pub fn new(
-        name: &str,
-        spec: OutboundConfig,
-        handshake_timeout: Duration,
-        metrics: ListenerMetrics,
-        open: Arc<AtomicUsize>,
-    ) -> Result<Outbound, String> {
-        let routes = spec
-            .routes
-            .iter()
-            .map(|r| {
-                let route = Route::parse(r)?;
-                let expect = Expect {
-                    rule: Arc::from(format!("route {} -> {}", route.net, route.server_id.as_str())),
-                    server_id: route.server_id.clone(),
-                };
-                Ok((route, Arc::new(expect)))
-            })
-            .collect::<Result<Vec<_>, String>>()?;
-        let explicit = match (spec.transparent, spec.forward, &spec.server_id) {
-            (false, Some(addr), Some(id)) => {
-                let server_id = Pattern::parse_spiffe(id).map_err(|e| format!("server_id: {e}"))?;
-                let rule = Arc::from(format!("server_id {id}"));
-                Some((addr, Arc::new(Expect { server_id, rule })))
-            }
-            (false, _, _) => return Err("an explicit outbound needs forward and server_id".into()),
-            (true, _, _) => None,
-        };
-        Ok(Outbound {
-            name: Arc::from(name),
-            handshake_timeout,
-            explicit,
-            routes,
+    pub fn new(model: &OutboundModel, metrics: ListenerMetrics, open: Arc<AtomicUsize>) -> Outbound {
+        let spec = model.spec.clone();
+        Outbound {
+            name: model.name.clone(),
+            handshake_timeout: model.handshake_timeout,
+            explicit: model.explicit.clone(),
+            routes: model.routes.clone(),
             max_connections: spec
                 .max_connections
                 .unwrap_or_else(|| crate::config::default_max_connections(crate::limits::nofile())),
@@ -110,7 +76,7 @@ impl Outbound {
             metrics: Arc::new(metrics),
             open,
             pools: Mutex::new(HashMap::new()),
-        })
+        }
     }
 
     /// Where this connection goes, or why it may not.
@@ -158,6 +124,7 @@ impl Outbound {
                     addr,
                     server_id.clone(),
                     shared.store.clone(),
+                    shared.live.clone(),
                     settings.connect_timeout,
                     self.handshake_timeout,
                     settings.max_connection_lifetime,
@@ -172,27 +139,26 @@ pub async fn serve(
     listener: Arc<TcpListener>,
     ob: Arc<Outbound>,
     shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let mut errors = tcp::AcceptErrors::default();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, src)) => {
-                    errors.ok();
-                    let Some(guard) = ConnGuard::admit(&ob.open, Some(ob.max_connections), &shared.open, &ob.metrics) else {
-                        tracing::debug!(listener = %ob.name, %src, "refused: max_connections reached");
-                        drop(tcp);
-                        continue;
-                    };
-                    let (ob, shared) = (ob.clone(), shared.clone());
-                    crate::data::shards::serve(tcp, move |tcp| handle(ob, shared, tcp, src, guard));
-                }
-                Err(e) => errors.failed(&ob.name, &e, &shared.metrics).await,
-            },
-            _ = stop.changed() => return,
-        }
-    }
+    let caps = Caps {
+        name: &ob.name,
+        open: &ob.open,
+        max: ob.max_connections,
+        metrics: &ob.metrics,
+        pending: None,
+    };
+    accept::serve(
+        &listener,
+        caps,
+        (&shared.open, &shared.metrics),
+        stop,
+        |tcp, src, guard, _| {
+            let (ob, shared) = (ob.clone(), shared.clone());
+            crate::data::shards::serve(tcp, move |tcp| handle(ob, shared, tcp, src, guard));
+        },
+    )
+    .await;
 }
 
 async fn handle(
@@ -245,7 +211,7 @@ async fn handle(
                         &info,
                         &ob.metrics,
                         started,
-                        crate::data::guard::OnWake::new(std::future::pending()),
+                        crate::data::io::OnWake::new(std::future::pending()),
                     )
                     .await;
                 }
@@ -312,7 +278,8 @@ async fn handle(
     Box::pin(serve_tcp(app, addr, expect, ob, shared, info, started)).await;
 }
 
-/// Forwards the app's connection byte for byte over its own mTLS connection to the peer.
+/// Forwards the app's connection byte for byte over its own mTLS connection to the peer,
+/// registered among the live connections while it lasts.
 async fn serve_tcp(
     mut app: TcpStream,
     addr: SocketAddr,
@@ -323,55 +290,40 @@ async fn serve_tcp(
     started: Instant,
 ) {
     let Some(tls) = shared.store.current() else {
-        shared.record(&info.failed("no_identity: ward has no SVID loaded yet"));
+        shared.record(&MtlsError::NoIdentity.record(&info, None));
         return;
     };
-    let Some(upstream) = tcp::connect(addr, &shared, &info).await else {
-        return;
+    let settings = shared.settings();
+    let to = Dial {
+        addr,
+        server_id: &expect.server_id,
+        connect_timeout: settings.connect_timeout,
+        handshake_timeout: ob.handshake_timeout,
     };
-    // No SNI and no DNS-name check: the server is identified by its SPIFFE ID alone.
-    let server_name = ServerName::IpAddress(addr.ip().into());
-    let connect = TlsConnector::from(tls.client.clone()).connect(server_name, upstream);
-    let mut stream = match tokio::time::timeout(ob.handshake_timeout, connect).await {
-        Err(_) => {
-            let detail = format!("no handshake within {:?}", ob.handshake_timeout);
-            shared.record(&info.handshake_failed("timeout", &detail));
+    let (stream, peer) = match mtls::connect(to, tls.client.clone(), &shared.store).await {
+        Ok(connected) => connected,
+        Err(e) => {
+            match &e {
+                MtlsError::Dial(_) => {
+                    tracing::warn!(listener = %ob.name, %addr, error = %e, "cannot reach the forward address");
+                }
+                _ => {
+                    tracing::debug!(listener = %ob.name, dst = %addr, reason = e.reason(), detail = %e, "outbound mTLS failed")
+                }
+            }
+            shared.record(&e.record(&info, Some(expect.rule.clone())));
+            let _ = app.shutdown().await;
             return;
         }
-        Ok(Err(e)) => {
-            let (reason, detail) = handshake_failure(&e);
-            tracing::debug!(listener = %ob.name, dst = %addr, reason, %detail, "outbound handshake failed");
-            shared.record(&info.handshake_failed(reason, &detail));
-            return;
-        }
-        Ok(Ok(s)) => s,
     };
-    if let Err(reason) = tcp::check_resumed(stream.get_ref().1, &shared.store) {
-        shared.record(&info.handshake_failed("resumed_invalid", &reason));
-        return;
-    }
-    let certs = stream.get_ref().1.peer_certificates();
-    let Some(peer) = tcp::peer_svid(certs) else {
-        shared.record(&info.handshake_failed("no_peer_id", "server SPIFFE ID unavailable after handshake"));
-        return;
-    };
-    let chain = PeerChain::new(certs);
-    info.peer_id = Some(peer.id.shared());
-    info.peer_serial = Some(peer.serial.into());
-    if !expect.server_id.matches(peer.id.as_str()) {
-        let reason = format!(
-            "server_id_mismatch: the server presented {} but this listener requires {}",
-            peer.id,
-            expect.server_id.as_str()
-        );
-        shared.record(&info.decided(Decision::Deny, Some(expect.rule.clone()), reason));
-        let _ = stream.shutdown().await;
-        let _ = app.shutdown().await;
-        return;
-    }
+    peer.mark(&mut info);
     shared.record(&info.decided(Decision::Allow, Some(expect.rule.clone()), "server_id_match"));
-    let revoke = tcp::revoked(shared.watch(), shared.store.clone(), Some(chain), || Ok(()));
-    tcp::pipe(app, stream, &shared, &info, &ob.metrics, started, revoke).await;
+    let live = shared.live.register(
+        Some(Arc::new(peer)),
+        Scope::Bundles,
+        settings.max_connection_lifetime,
+    );
+    tcp::pipe(app, stream, &shared, &info, &ob.metrics, started, live.closed()).await;
 }
 
 /// Serves the app's HTTP/1.1 or h2c connection; requests go out over the peer pool.
@@ -401,7 +353,9 @@ async fn serve_http(
             ))
         })
     };
-    let revoke = tcp::revoked(shared.watch(), shared.store.clone(), None, || Ok(()));
+    // The app proved nothing: only max_connection_lifetime closes this connection.
+    let lifetime = shared.settings.load().max_connection_lifetime;
+    let live = shared.live.register(None, Scope::Bundles, lifetime);
     h::serve_connection(
         app,
         h::Version::from(detected),
@@ -409,7 +363,7 @@ async fn serve_http(
         shared,
         &info,
         &ob.metrics,
-        revoke,
+        live.closed(),
     )
     .await;
 }
@@ -430,8 +384,7 @@ async fn request(
     let record = |decision, reason: Cow<'static, str>, peer: Option<&crate::pools::PeerConn>| {
         let mut info = (*info).clone();
         if let Some(p) = peer {
-            info.peer_id = Some(p.peer.id.shared());
-            info.peer_serial = Some(p.serial.clone());
+            p.peer.mark(&mut info);
         }
         let mut r = info.decided(decision, Some(rule.clone()), reason);
         r.kind = Kind::Request;
@@ -446,7 +399,7 @@ async fn request(
         Ok(c) => c,
         Err(e) => {
             let status = match e {
-                crate::pools::PeerError::ServerIdMismatch { .. } => StatusCode::BAD_GATEWAY,
+                crate::pools::PeerError::Mtls(MtlsError::ServerIdMismatch { .. }) => StatusCode::BAD_GATEWAY,
                 _ => StatusCode::SERVICE_UNAVAILABLE,
             };
             tracing::warn!(listener = %ob.name, error = %e, "no connection to the peer");
@@ -477,7 +430,7 @@ async fn request(
     let req = Request::from_parts(parts, Counted::new(body, bytes_in.clone()));
     match send.send_request(req).await {
         Ok(resp) => {
-            let mut resp = resp.map(|b| http_body_util::Either::Left(crate::pools::Upstream::new(b)));
+            let mut resp = resp.map(crate::http::ResponseBody::upstream);
             h::strip_hop_by_hop(resp.headers_mut());
             Ok(pending.attach(resp))
         }

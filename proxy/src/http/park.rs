@@ -45,7 +45,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
-use crate::data::guard::{ByteCount, OnWake};
+use crate::data::io::{ByteCount, OnWake};
 use crate::data::sniff::Rewind;
 
 /// How long an HTTP/1 keep-alive connection stays quiet before it is parked. Parking and
@@ -403,7 +403,7 @@ mod tests {
             })
         });
         let server = tokio::spawn(async move {
-            let (io, bytes) = crate::data::guard::counted(tcp, None);
+            let (io, bytes) = crate::data::io::counted(tcp, None);
             let mut b = http1::Builder::new();
             b.timer(TokioTimer::new())
                 .header_read_timeout(parking.idle_timeout);

@@ -8,8 +8,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ward_certs::{BundleSet, DevCa, SpiffeId, SvidVerifier, TrustBundle, TrustDomain};
 
 use crate::audit::AuditLog;
-use crate::ops::cli::{CertsCommand, Cli, Command, PolicyCommand};
-use crate::config::{Config, LogConfig, LogFormat};
+use crate::audit::rfc3339;
+use crate::config::Config;
+use crate::ops::cli::{CertsCommand, Cli, Command, IptablesCommand, PolicyCommand};
+use crate::ops::logging::init_logging;
 use crate::running;
 
 /// Runs one command line.
@@ -36,7 +38,7 @@ pub fn main(cli: Cli) -> ExitCode {
             &headers,
             json,
         ),
-        Command::Iptables(cmd) => crate::ops::iptables::command(&cmd),
+        Command::Iptables(cmd) => iptables(&cmd),
         Command::Inject(args) => crate::ops::inject::run(&args),
         Command::Shutdown { admin } => crate::ops::shutdown::request(admin),
     };
@@ -47,21 +49,6 @@ pub fn main(cli: Cli) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Installs the tracing subscriber: stderr, JSON or text, RUST_LOG over the config's level.
-pub fn init_logging(log: &LogConfig) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(log.level.as_deref().unwrap_or("info")))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match log.format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
 }
 
 /// The main thread's event loop: it accepts, runs the admin server, reloads and identity, and
@@ -77,10 +64,11 @@ fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, String> {
 }
 
 fn run(path: &Path, workers: usize) -> Result<(), String> {
-    let config = Config::load(path).map_err(|e| format!("invalid config:\n{e}"))?;
+    let model = crate::config::load(path).map_err(|e| format!("invalid config:\n{e}"))?;
+    let config = &model.config;
     init_logging(&config.log);
     let audit = AuditLog::open(&config.log.audit.value).map_err(|e| format!("log.audit: {e}"))?;
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %running::effective_json(&config), "ward starting");
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %model.json, "ward starting");
     for w in config.warnings(&path.display().to_string()) {
         tracing::warn!("{w}");
     }
@@ -94,7 +82,7 @@ fn run(path: &Path, workers: usize) -> Result<(), String> {
     let final_flush = audit.clone();
     let result = runtime(workers)?.block_on(async {
         let running = tokio::select! {
-            r = running::start(&config, audit) => r.map_err(|e| e.to_string())?,
+            r = running::start(&model, audit) => r.map_err(|e| e.to_string())?,
             _ = running::wait_for_signal() => return Ok(()),
         };
         if let Some(tls) = running.store.current() {
@@ -161,17 +149,13 @@ const CONFIG_POLL: Duration = Duration::from_secs(2);
 /// last good config keeps serving. Returns the new drain timeout when applied.
 async fn reload_config(path: &Path, running: &running::Running) -> Option<Duration> {
     let metrics = &running.shared.metrics;
-    // Read, checked and compiled on a blocking thread (see `running::Prepared`).
+    // Read, checked and compiled on a blocking thread: for a config with thousands of rules
+    // that takes tens of milliseconds (about 90 for 10,000 rules), which would otherwise stall
+    // the thread that accepts connections (and, with one worker, serves them).
     let owned = path.to_owned();
-    let loaded = tokio::task::spawn_blocking(move || {
-        Config::load(&owned).map(|config| {
-            let prepared = running::prepare(&config);
-            (config, prepared)
-        })
-    })
-    .await;
-    let (config, prepared) = match loaded {
-        Ok(Ok(loaded)) => loaded,
+    let loaded = tokio::task::spawn_blocking(move || crate::config::load(&owned)).await;
+    let model = match loaded {
+        Ok(Ok(model)) => model,
         Ok(Err(e)) => {
             metrics.reload("invalid");
             tracing::error!(error = %e, "config reload refused; keeping the last good config");
@@ -183,15 +167,13 @@ async fn reload_config(path: &Path, running: &running::Running) -> Option<Durati
             return None;
         }
     };
-    let applied = match prepared {
-        Ok(prepared) => running.apply(&config, prepared).await,
-        Err(e) => Err(e),
-    };
+    let drain_timeout = model.config.drain_timeout;
+    let applied = running.apply(model).await;
     match applied {
         Ok(()) => {
             metrics.reload("applied");
             tracing::info!(config = %running.config_json(), "config reloaded");
-            Some(config.drain_timeout)
+            Some(drain_timeout)
         }
         Err(e) => {
             metrics.reload("refused");
@@ -202,12 +184,13 @@ async fn reload_config(path: &Path, running: &running::Running) -> Option<Durati
 }
 
 fn check(path: &Path) -> Result<(), String> {
-    let config = Config::load(path).map_err(|e| e.to_string())?;
+    let model = crate::config::load(path).map_err(|e| e.to_string())?;
+    let config = &model.config;
     for w in config.warnings(&path.display().to_string()) {
         eprintln!("warning: {w}");
     }
     let updates = runtime(1)?.block_on(async {
-        let mut rx = running::identity_source(&config).map_err(|e| e.to_string())?;
+        let mut rx = running::identity_source(config).map_err(|e| e.to_string())?;
         rx.recv()
             .await
             .ok_or_else(|| "the identity source produced nothing".to_owned())
@@ -226,18 +209,6 @@ fn check(path: &Path) -> Result<(), String> {
         identity.bundles().trust_domains().join(", ")
     );
     Ok(())
-}
-
-/// Formats Unix seconds as RFC 3339. Certificates may carry any date: ones outside what
-/// RFC 3339 can say (before 1970 here, after 9999) are shown as such, never a panic.
-pub fn rfc3339(unix: i64) -> String {
-    const MAX: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
-    match unix {
-        i64::MIN..0 => format!("{unix} (before 1970)"),
-        0..=MAX => humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix.unsigned_abs()))
-            .to_string(),
-        _ => format!("{unix} (after 9999)"),
-    }
 }
 
 fn certs(cmd: CertsCommand) -> Result<(), String> {
@@ -344,21 +315,24 @@ fn explain(
     headers: &[String],
     json: bool,
 ) -> Result<(), String> {
-    use ward_filters::{Peer, Policy, Request, normalize_target};
-    let config = Config::read(path).map_err(|e| e.to_string())?;
-    let Some(l) = config.inbound.iter().find(|l| l.value.name == listener) else {
-        let names: Vec<&str> = config.inbound.iter().map(|l| l.value.name.as_str()).collect();
+    use ward_filters::{Peer, Request, normalize_target};
+    // The model of the config, without looking at the files it names: explaining a policy
+    // needs no identity.
+    let model = Config::read(path)
+        .and_then(|c| c.compile(&path.display().to_string()))
+        .map_err(|e| e.to_string())?;
+    let Some((policy_name, policy)) = model.settings.policy_for(listener, None) else {
+        let names: Vec<&str> = model.inbound.iter().map(|l| &*l.name).collect();
         return Err(format!(
             "no inbound listener {listener:?} (inbound listeners: {})",
             names.join(", ")
         ));
     };
-    let policy_name = &l.value.policy;
-    let spec = config
+    let default_allows = model
+        .config
         .policies
         .get(policy_name)
-        .ok_or_else(|| format!("listener {listener:?} names policy {policy_name:?}, which is not defined"))?;
-    let policy = Policy::compile(policy_name, &spec.value).map_err(|e| e.to_string())?;
+        .is_some_and(|spec| spec.value.default == ward_filters::DefaultAction::Allow);
     let peer_id = match peer {
         "unauthenticated" => None,
         id => Some(SpiffeId::parse(id).map_err(|e| format!("--peer {id:?}: {e}"))?),
@@ -420,25 +394,23 @@ fn explain(
         let why = r.why_not.as_deref().unwrap_or("matches");
         println!("  {:width$}  {:5}  {why}", r.name, r.action.to_string());
     }
-    println!(
-        "default: {}",
-        if spec.value.default == ward_filters::DefaultAction::Allow {
-            "allow"
-        } else {
-            "deny"
-        }
-    );
+    println!("default: {}", if default_allows { "allow" } else { "deny" });
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn any_certificate_date_formats_without_panic() {
-        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
-        assert!(super::rfc3339(-1).contains("before 1970"));
-        assert!(super::rfc3339(i64::MIN).contains("before 1970"));
-        assert!(super::rfc3339(i64::MAX).contains("after 9999"));
-        assert_eq!(super::rfc3339(253_402_300_799), "9999-12-31T23:59:59Z");
+/// `ward iptables install|uninstall|print`.
+fn iptables(cmd: &IptablesCommand) -> Result<(), String> {
+    use crate::ops::iptables::{install, print, uninstall};
+    match cmd {
+        IptablesCommand::Install(args) => {
+            let report = install(args).map_err(|e| e.to_string())?;
+            println!("ward capture rules installed with {report}");
+        }
+        IptablesCommand::Uninstall(args) => {
+            let report = uninstall(args).map_err(|e| e.to_string())?;
+            println!("ward capture rules removed with {report}");
+        }
+        IptablesCommand::Print(args) => print!("{}", print(args).map_err(|e| e.to_string())?),
     }
+    Ok(())
 }

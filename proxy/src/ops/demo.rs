@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use ward_certs::{DevCa, TrustDomain};
 
 use crate::audit::AuditLog;
-use crate::config::{Config, LogConfig, LogFormat};
+use crate::config::{LogConfig, LogFormat};
 use crate::running::{self, Running};
 
 const TD: &str = "example.org";
@@ -73,9 +73,9 @@ fn show(what: &str, r: &serde_json::Value) {
 async fn start_sidecar(dir: &Path, name: &str, yaml: String) -> Result<Sidecar, String> {
     let path = dir.join(format!("{name}.yaml"));
     std::fs::write(&path, &yaml).map_err(|e| format!("{}: {e}", path.display()))?;
-    let config = Config::load(&path).map_err(|e| e.to_string())?;
+    let model = crate::config::load(&path).map_err(|e| e.to_string())?;
     let (audit, rx) = AuditLog::channel();
-    let running = running::start(&config, audit).await.map_err(|e| e.to_string())?;
+    let running = running::start(&model, audit).await.map_err(|e| e.to_string())?;
     Ok(Sidecar { running, audit: rx })
 }
 
@@ -119,7 +119,7 @@ outbound:\n  - name: {name}\n    listen: 127.0.0.1:0\n    forward: {forward}\n  
 
 /// Runs the walkthrough; with `keep`, leaves the mesh up until Ctrl-C.
 pub fn run(keep: bool) -> Result<(), String> {
-    crate::ops::commands::init_logging(&LogConfig {
+    crate::ops::logging::init_logging(&LogConfig {
         format: LogFormat::Text,
         level: Some("error".into()),
         ..LogConfig::default()

@@ -729,23 +729,6 @@ pub fn print(args: &CaptureArgs) -> Result<String, IptablesError> {
     Ok(out)
 }
 
-/// `ward iptables install|uninstall|print`.
-pub fn command(cmd: &crate::ops::cli::IptablesCommand) -> Result<(), String> {
-    use crate::ops::cli::IptablesCommand;
-    match cmd {
-        IptablesCommand::Install(args) => {
-            let report = install(args).map_err(|e| e.to_string())?;
-            println!("ward capture rules installed with {report}");
-        }
-        IptablesCommand::Uninstall(args) => {
-            let report = uninstall(args).map_err(|e| e.to_string())?;
-            println!("ward capture rules removed with {report}");
-        }
-        IptablesCommand::Print(args) => print!("{}", print(args).map_err(|e| e.to_string())?),
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -5,5 +5,6 @@ pub mod commands;
 pub mod demo;
 pub mod inject;
 pub mod iptables;
+pub mod logging;
 pub mod reload;
 pub mod shutdown;

@@ -1,199 +1,53 @@
-//! What watches over a live connection: the per-listener connection cap, the count drain
-//! waits on, idle time, and revocation (a trust bundle or policy change that no longer admits
-//! the peer, or `max_connection_lifetime`).
+//! Streams and futures the data path wraps around a connection: dialing a TCP connection
+//! (within the connect timeout, Nagle off), a stream that stamps its own activity and counts
+//! its bytes ([`Metered`]), and a future polled only when it was woken ([`OnWake`]).
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{Notify, watch};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
 
-use crate::metrics::ListenerMetrics;
-
-/// Open connections of the whole process; drain waits for it to reach zero.
-#[derive(Debug, Default)]
-pub struct OpenCount {
-    n: AtomicUsize,
-    zero: Notify,
+/// Why a TCP connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error("{addr} did not answer within {timeout:?}")]
+    Timeout { addr: SocketAddr, timeout: Duration },
+    #[error("{addr}: {source}")]
+    Failed {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
 }
 
-impl OpenCount {
-    pub fn get(&self) -> usize {
-        self.n.load(Ordering::Acquire)
-    }
-
-    /// Waits until no connection is open.
-    pub async fn wait_zero(&self) {
-        loop {
-            let notified = self.zero.notified();
-            if self.get() == 0 {
-                return;
-            }
-            notified.await;
+impl DialError {
+    /// The stable label of audit records and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DialError::Timeout { .. } => "connect_timeout",
+            DialError::Failed { .. } => "connect_failed",
         }
     }
 }
 
-/// Held by every connection for its whole life: counts it in the listener's cap, the
-/// process-wide count and the metrics.
-#[derive(Debug)]
-pub struct ConnGuard {
-    listener_open: Arc<AtomicUsize>,
-    open: Arc<OpenCount>,
-    metrics: ListenerMetrics,
-}
-
-impl ConnGuard {
-    /// Admits a connection unless the listener already has `max` open; a refusal is counted.
-    pub fn admit(
-        listener_open: &Arc<AtomicUsize>,
-        max: Option<usize>,
-        open: &Arc<OpenCount>,
-        metrics: &ListenerMetrics,
-    ) -> Option<ConnGuard> {
-        let before = listener_open.fetch_add(1, Ordering::AcqRel);
-        if max.is_some_and(|max| before >= max) {
-            listener_open.fetch_sub(1, Ordering::AcqRel);
-            metrics.refused_overload.inc();
-            return None;
-        }
-        open.n.fetch_add(1, Ordering::AcqRel);
-        metrics.opened.inc();
-        metrics.active.inc();
-        Some(ConnGuard {
-            listener_open: listener_open.clone(),
-            open: open.clone(),
-            metrics: metrics.clone(),
-        })
-    }
-}
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        self.listener_open.fetch_sub(1, Ordering::AcqRel);
-        self.metrics.active.dec();
-        self.metrics.closed.inc();
-        if self.open.n.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.open.zero.notify_waiters();
-        }
-    }
-}
-
-/// Connections per source address in some state (an inbound listener's: still in their TLS
-/// handshake; an admin listener's: open), so one neighbour opening connections it never
-/// finishes cannot hold every descriptor, or make every real peer wait out a timeout.
-#[derive(Debug, Default)]
-pub struct Pending {
-    by_source: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>,
-}
-
-/// One connection counted in [`Pending`] until it is dropped (its handshake ended).
-#[derive(Debug)]
-pub struct PendingGuard {
-    pending: Arc<Pending>,
-    ip: std::net::IpAddr,
-}
-
-impl Pending {
-    /// Counts a connection from `ip`, unless `max` from it are pending already.
-    pub fn admit(self: &Arc<Self>, ip: std::net::IpAddr, max: u32) -> Option<PendingGuard> {
-        let mut map = self.by_source.lock().unwrap_or_else(|e| e.into_inner());
-        let n = map.entry(ip).or_insert(0);
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(PendingGuard {
-            pending: self.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for PendingGuard {
-    fn drop(&mut self) {
-        let mut map = self.pending.by_source.lock().unwrap_or_else(|e| e.into_inner());
-        if let std::collections::hash_map::Entry::Occupied(mut e) = map.entry(self.ip) {
-            *e.get_mut() -= 1;
-            if *e.get() == 0 {
-                e.remove();
-            }
-        }
-    }
-}
-
-/// Resolves when a change means a live connection must be checked again: a new identity or
-/// bundle, a new policy, or the connection's maximum lifetime.
-#[derive(Debug)]
-pub struct Watch {
-    identity: watch::Receiver<u64>,
-    policy: watch::Receiver<u64>,
-    deadline: Option<tokio::time::Instant>,
-}
-
-/// Why a connection is being looked at again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Recheck {
-    Identity,
-    Policy,
-    Lifetime,
-}
-
-impl Watch {
-    pub fn new(
-        identity: watch::Receiver<u64>,
-        policy: watch::Receiver<u64>,
-        max_lifetime: Option<Duration>,
-    ) -> Self {
-        Watch {
-            identity,
-            policy,
-            deadline: max_lifetime.map(|d| tokio::time::Instant::now() + d),
-        }
-    }
-
-    /// Waits for the next reason to recheck. A closed channel never fires again.
-    pub async fn next(&mut self) -> Recheck {
-        let deadline = self.deadline;
-        let lifetime = async move {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            r = self.identity.changed() => match r {
-                Ok(()) => Recheck::Identity,
-                Err(_) => std::future::pending().await,
-            },
-            r = self.policy.changed() => match r {
-                Ok(()) => Recheck::Policy,
-                Err(_) => std::future::pending().await,
-            },
-            _ = lifetime => Recheck::Lifetime,
-        }
-    }
-
-    /// Waits until `still_ok` refuses the connection (or its lifetime ends); returns why.
-    pub async fn revoked(&mut self, mut still_ok: impl FnMut(Recheck) -> Result<(), String>) -> String {
-        loop {
-            let why = self.next().await;
-            if why == Recheck::Lifetime {
-                return "max_connection_lifetime: the connection reached its maximum lifetime".into();
-            }
-            if let Err(reason) = still_ok(why) {
-                return reason;
-            }
-        }
-    }
+/// A TCP connection to `addr` within `timeout`, Nagle off: every connection ward makes (to
+/// the app, to a peer, to a passthrough destination) is made here.
+pub async fn dial(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, DialError> {
+    let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| DialError::Timeout { addr, timeout })?
+        .map_err(|source| DialError::Failed { addr, source })?;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
 }
 
 /// Milliseconds since a process-wide start, for cheap activity stamps.
@@ -457,27 +311,6 @@ impl<F: Future> Future for OnWake<F> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::metrics::Metrics;
-
-    #[tokio::test]
-    async fn cap_refuses_past_max_and_recovers() {
-        let m = Metrics::new().listener("l", crate::audit::Direction::Inbound);
-        let open = Arc::new(OpenCount::default());
-        let per = Arc::new(AtomicUsize::new(0));
-        let a = ConnGuard::admit(&per, Some(2), &open, &m).unwrap();
-        let _b = ConnGuard::admit(&per, Some(2), &open, &m).unwrap();
-        assert!(ConnGuard::admit(&per, Some(2), &open, &m).is_none());
-        assert_eq!(m.refused_overload.get(), 1);
-        drop(a);
-        let c = ConnGuard::admit(&per, Some(2), &open, &m);
-        assert!(c.is_some());
-        assert_eq!(open.get(), 2);
-        drop(c);
-        drop(_b);
-        tokio::time::timeout(Duration::from_secs(1), open.wait_zero())
-            .await
-            .unwrap();
-    }
 
     #[tokio::test(start_paused = true)]
     async fn idle_fires_only_after_quiet() {

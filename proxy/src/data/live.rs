@@ -1,0 +1,333 @@
+//! Every live mesh connection, in one registry, and the one place that decides which of them
+//! must close, and why (in the spirit of ztunnel's connection manager):
+//! - a new identity or trust bundle: a connection whose peer's chain no longer validates
+//!   (its CA left the bundle, its SVID expired) closes, `revoked_<reason>`;
+//! - a reloaded policy: an inbound connection its listener's policy no longer admits closes,
+//!   `revoked_policy`;
+//! - `max_connection_lifetime`: a connection older than it closes.
+//!
+//! A connection registers once its peer is known and holds its [`Live`] for its whole life
+//! (dropping it leaves the registry). A connection that carries bytes waits on
+//! [`Live::closed`]; the peer pool, whose connections are shared, asks [`Live::closing`]
+//! before it hands one out. [`Connections::watch`] sweeps the registry on every change.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+use ward_certs::CredentialStore;
+use ward_filters::{Decision, Peer};
+
+use crate::config::Settings;
+use crate::data::io::OnWake;
+use crate::data::mtls::PeerIdentity;
+
+/// What, besides the trust bundles, must keep admitting a connection.
+#[derive(Debug, Clone)]
+pub enum Scope {
+    /// Nothing else: an outbound connection, or one of the peer pool's.
+    Bundles,
+    /// The policy of an inbound listener (for an app port, when transparent): for opaque
+    /// TCP its connection verdict, for HTTP whether any request of the peer may be allowed.
+    Policy {
+        listener: Arc<str>,
+        port: Option<u16>,
+        http: bool,
+    },
+}
+
+/// Why the registry looks at its connections again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recheck {
+    Identity,
+    Policy,
+}
+
+/// The reason a connection closes at `max_connection_lifetime`.
+const LIFETIME: &str = "max_connection_lifetime: the connection reached its maximum lifetime";
+
+#[derive(Debug)]
+struct Entry {
+    /// `None` for a connection whose peer proved nothing (permissive plaintext, the app).
+    peer: Option<Arc<PeerIdentity>>,
+    scope: Scope,
+    /// When it reaches `max_connection_lifetime`.
+    deadline: Option<Instant>,
+    /// The identity generation the peer's chain was last validated under.
+    checked: AtomicU64,
+    /// Set once, when the connection must close.
+    reason: OnceLock<String>,
+    closed: Notify,
+}
+
+impl Entry {
+    fn close(&self, reason: String) {
+        if self.reason.set(reason).is_ok() {
+            self.closed.notify_waiters();
+            self.closed.notify_one();
+        }
+    }
+
+    /// The one decision: may this connection stay open after `why` changed?
+    fn decide(&self, why: Recheck, store: &CredentialStore, settings: &Settings) -> Result<(), String> {
+        match why {
+            Recheck::Identity => self.still_validates(store),
+            Recheck::Policy => self.still_admitted(settings),
+        }
+    }
+
+    /// After a new identity or bundle: the peer's chain must validate against the bundles of
+    /// now (checked once per identity generation).
+    fn still_validates(&self, store: &CredentialStore) -> Result<(), String> {
+        let generation = store.generation();
+        if self.checked.load(Ordering::Acquire) == generation {
+            return Ok(());
+        }
+        if let Some(peer) = &self.peer {
+            peer.still_valid(store)
+                .map_err(|(reason, e)| format!("revoked_{reason}: the trust bundle changed: {e}"))?;
+        }
+        self.checked.store(generation, Ordering::Release);
+        Ok(())
+    }
+
+    /// After a reload: an inbound connection's listener must still have a policy that admits
+    /// its peer.
+    fn still_admitted(&self, settings: &Settings) -> Result<(), String> {
+        let Scope::Policy { listener, port, http } = &self.scope else {
+            return Ok(());
+        };
+        let peer = match &self.peer {
+            Some(p) => Peer::Authenticated(p.id.as_str()),
+            None => Peer::Unauthenticated,
+        };
+        match settings.policy_for(listener, *port) {
+            None => Err(format!("revoked_policy: listener {listener:?} has no policy now")),
+            Some((_, p)) if *http && !p.may_allow_requests(peer) => Err(format!(
+                "revoked_policy: policy {:?} no longer admits this peer",
+                p.name()
+            )),
+            Some((_, p)) if !*http && p.evaluate_connection(peer).decision == Decision::Deny => Err(format!(
+                "revoked_policy: policy {:?} now denies this peer",
+                p.name()
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+/// The registry of live connections.
+#[derive(Debug, Default)]
+pub struct Connections {
+    entries: Mutex<HashMap<u64, Arc<Entry>>>,
+    next: AtomicU64,
+}
+
+/// One registered connection; dropping it leaves the registry.
+#[derive(Debug)]
+pub struct Live {
+    key: u64,
+    entry: Arc<Entry>,
+    registry: Arc<Connections>,
+}
+
+impl Connections {
+    /// Registers a connection whose peer is `peer` (validated under its generation), kept
+    /// open while `scope` admits it, for at most `lifetime`.
+    pub fn register(
+        self: &Arc<Self>,
+        peer: Option<Arc<PeerIdentity>>,
+        scope: Scope,
+        lifetime: Option<Duration>,
+    ) -> Live {
+        let key = self.next.fetch_add(1, Ordering::Relaxed);
+        let entry = Arc::new(Entry {
+            checked: AtomicU64::new(peer.as_ref().map_or(u64::MAX, |p| p.generation)),
+            peer,
+            scope,
+            deadline: lifetime.map(|d| Instant::now() + d),
+            reason: OnceLock::new(),
+            closed: Notify::new(),
+        });
+        self.lock().insert(key, entry.clone());
+        Live {
+            key,
+            entry,
+            registry: self.clone(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Entry>>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many connections are registered.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Decides, for every registered connection, whether it may stay after `why` changed;
+    /// the ones that may not are told to close, with the reason. Returns how many.
+    pub async fn sweep(&self, why: Recheck, store: &CredentialStore, settings: &Settings) -> usize {
+        let entries: Vec<Arc<Entry>> = self.lock().values().cloned().collect();
+        let mut closed = 0;
+        for (i, entry) in entries.iter().enumerate() {
+            if entry.reason.get().is_some() {
+                continue;
+            }
+            if let Err(reason) = entry.decide(why, store, settings) {
+                entry.close(reason);
+                closed += 1;
+            }
+            // Validating chains costs tens of microseconds each: other tasks on this thread
+            // get their turn between batches.
+            if i % 64 == 63 {
+                tokio::task::yield_now().await;
+            }
+        }
+        closed
+    }
+
+    /// Sweeps on every new identity (`store`) and every applied reload (`policy`), with the
+    /// settings of then, until both senders are gone.
+    pub async fn watch(
+        self: Arc<Self>,
+        store: Arc<CredentialStore>,
+        mut policy: watch::Receiver<u64>,
+        settings: impl Fn() -> Arc<Settings>,
+    ) {
+        let mut identity = store.subscribe();
+        loop {
+            let why = tokio::select! {
+                r = identity.changed() => match r {
+                    Ok(()) => Recheck::Identity,
+                    Err(_) => return,
+                },
+                r = policy.changed() => match r {
+                    Ok(()) => Recheck::Policy,
+                    Err(_) => return,
+                },
+            };
+            let closed = self.sweep(why, &store, &settings()).await;
+            if closed > 0 {
+                tracing::info!(
+                    ?why,
+                    closed,
+                    "closing live connections the change no longer admits"
+                );
+            }
+        }
+    }
+}
+
+impl Live {
+    /// Why the connection must close, if it must: the registry decided so, or it reached its
+    /// maximum lifetime. `store` is asked first whether the identity changed since the last
+    /// sweep, so a shared connection is never handed out between an update and its sweep.
+    pub fn closing(&self, store: &CredentialStore) -> Option<String> {
+        if let Some(reason) = self.entry.reason.get() {
+            return Some(reason.clone());
+        }
+        if self.entry.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Some(LIFETIME.to_owned());
+        }
+        if let Err(reason) = self.entry.still_validates(store) {
+            self.entry.close(reason.clone());
+            return Some(reason);
+        }
+        None
+    }
+
+    /// Resolves with the reason once the connection must close. Boxed here (in [`OnWake`]):
+    /// a connection's future keeps a pointer for its whole life, and polls it only when it
+    /// was woken.
+    pub fn closed(&self) -> OnWake<impl Future<Output = String> + use<>> {
+        let (entry, deadline) = (self.entry.clone(), self.entry.deadline);
+        OnWake::new(async move {
+            let lifetime = async move {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let decided = async {
+                loop {
+                    let notified = entry.closed.notified();
+                    if let Some(reason) = entry.reason.get() {
+                        return reason.clone();
+                    }
+                    notified.await;
+                }
+            };
+            tokio::select! {
+                reason = decided => reason,
+                () = lifetime => LIFETIME.to_owned(),
+            }
+        })
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings::default()
+    }
+
+    /// A connection of a listener whose policy a reload removed is told to close, with the
+    /// reason; one that only the bundles govern stays; both leave the registry when dropped.
+    #[tokio::test]
+    async fn a_reload_closes_what_the_policy_no_longer_admits() {
+        let conns = Arc::new(Connections::default());
+        let store = CredentialStore::new(ward_certs::TlsOptions::default());
+        let inbound = conns.register(
+            None,
+            Scope::Policy {
+                listener: "web".into(),
+                port: None,
+                http: false,
+            },
+            None,
+        );
+        let outbound = conns.register(None, Scope::Bundles, None);
+        assert_eq!(conns.len(), 2);
+        let closed = inbound.closed();
+        assert_eq!(conns.sweep(Recheck::Policy, &store, &settings()).await, 1);
+        let reason = tokio::time::timeout(Duration::from_secs(1), closed)
+            .await
+            .unwrap();
+        assert!(reason.starts_with("revoked_policy: listener \"web\""), "{reason}");
+        assert_eq!(outbound.closing(&store), None);
+        drop((inbound, outbound));
+        assert!(conns.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_closes_at_its_maximum_lifetime() {
+        let conns = Arc::new(Connections::default());
+        let store = CredentialStore::new(ward_certs::TlsOptions::default());
+        let live = conns.register(None, Scope::Bundles, Some(Duration::from_secs(5)));
+        assert_eq!(live.closing(&store), None);
+        let started = Instant::now();
+        let reason = live.closed().await;
+        assert!(started.elapsed() >= Duration::from_secs(5));
+        assert_eq!(reason, LIFETIME);
+        assert_eq!(live.closing(&store).as_deref(), Some(LIFETIME));
+    }
+}
