@@ -1,5 +1,6 @@
 //! The copy loop of an opaque TCP connection: `tokio::io::copy_bidirectional_with_sizes` with
-//! one 16 KiB buffer per direction, as `proxy/src/forward.rs` runs it, between two in-memory
+//! one 16 KiB buffer per direction (what ward ran before its own loop, `proxy/src/data/copy.rs`,
+//! whose buffers grow from 2 to 64 KiB with the traffic), between two in-memory
 //! tokio duplex pipes (app ⇄ proxy ⇄ upstream). Throughput is reported in bytes/s (criterion
 //! prints MiB/s); no sockets, no TLS, so this is the ceiling the loop itself puts on a
 //! connection, and how it changes with the size of the writes that feed it.
@@ -15,7 +16,7 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
-/// Buffer per direction, as in ward's forwarding (`forward::COPY_BUF`).
+/// Buffer per direction, as ward's forwarding had before `data/copy.rs`.
 const COPY_BUF: usize = 16 * 1024;
 /// The capacity of each in-memory pipe (a socket buffer stand-in).
 const PIPE: usize = 256 * 1024;

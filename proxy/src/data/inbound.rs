@@ -1,9 +1,16 @@
-//! The inbound path, in order: accept (within the listener's connection cap), find the app
-//! (the configured `forward`, or in a pod the original destination port), mTLS handshake with
-//! our SVID (the peer must present one), then by protocol: opaque TCP gets the connection
-//! policy and bytes both ways; HTTP gets a connection-level check, then the policy per
-//! request, identity headers and pooled forwarding. A live connection is closed when a new
-//! bundle or policy no longer admits its peer. Audit records and metrics along the way.
+//! The inbound path (a peer's sidecar → this workload), in order, in this file and two more:
+//! 1. accept within the listener's caps ([`accept::serve`]);
+//! 2. find the app: the configured `forward`, or in a pod the original destination;
+//! 3. the mTLS handshake with our SVID; the peer must present one ([`mtls::accept`], in
+//!    `data/mtls.rs`: the one place a handshake and the peer check happen);
+//! 4. by protocol: opaque TCP gets the connection policy and bytes both ways
+//!    ([`tcp::pipe`], `data/tcp.rs`); HTTP gets a connection-level check, then per request
+//!    ([`request`]) the policy, identity headers and pooled forwarding to the app, served by
+//!    [`h::serve_connection`] (`http/serve.rs`).
+//!
+//! Every served connection is registered in [`crate::data::live`], which closes it when a new
+//! bundle or a reloaded policy no longer admits its peer. Audit records and metrics along the
+//! way.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,9 +1,15 @@
-//! The outbound path, in order: accept the app's plaintext (within the listener's cap); find
-//! the destination and the identity it must prove (explicit `forward` + `server_id`, or in a
-//! pod the original destination matched against `routes`; no route: `default` passthrough or
-//! deny). Opaque TCP: connect, mTLS handshake presenting our SVID, check the server's SPIFFE
-//! ID, then bytes both ways. HTTP (HTTP/1.1 or h2c from the app): every request rides one
-//! pooled, multiplexed HTTP/2 mTLS connection per destination, checked the same way.
+//! The outbound path (this workload → a peer), in order, in this file and two more:
+//! 1. accept the app's plaintext within the listener's cap ([`accept::serve`]);
+//! 2. find the destination and the identity it must prove ([`Outbound::dest`]): explicit
+//!    `forward` + `server_id`, or in a pod the original destination matched against `routes`
+//!    (no route: `default` passthrough or deny);
+//! 3. opaque TCP ([`serve_tcp`]): connect, mTLS presenting our SVID and the server's SPIFFE ID
+//!    checked ([`mtls::connect`], `data/mtls.rs`), then bytes both ways ([`tcp::pipe`],
+//!    `data/tcp.rs`);
+//! 4. HTTP/1.1 or h2c from the app ([`serve_http`], served by `http/serve.rs`): every request
+//!    ([`request`]) rides one pooled, multiplexed HTTP/2 mTLS connection per destination
+//!    (`pools/peer.rs`, made by the same [`mtls::connect`]).
+//!
 //! Audit records and metrics along the way.
 
 use std::borrow::Cow;
