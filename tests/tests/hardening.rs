@@ -265,7 +265,9 @@ fn real_request(ids: &Ids, port: u16) -> (u16, String) {
 fn one_neighbour_cannot_exhaust_descriptors_with_idle_handshakes() {
     let ids = ids();
     let app = WsgiApp::spawn();
-    let (ward, port, admin) = limited_inbound(&app, &ids, 400, "");
+    // A handshake timeout longer than opening the 420 connections takes on a busy machine:
+    // the neighbour's first 64 stay pending all the while, so every later one is refused.
+    let (ward, port, admin) = limited_inbound(&app, &ids, 400, ", handshake_timeout: 60s");
     let held: Vec<_> = (0..420)
         .filter_map(|_| connect_from([127, 0, 0, 2], port).ok())
         .collect();
