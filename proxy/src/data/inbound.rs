@@ -29,7 +29,7 @@ use crate::audit::{ConnInfo, Direction, Kind};
 use crate::config::{AppProtocol, InboundConfig, Mtls, Protocol};
 use crate::data::accept::{self, Caps, ConnGuard, Pending, PendingGuard};
 use crate::data::live::Scope;
-use crate::data::mtls::{self, MtlsError, PeerIdentity};
+use crate::data::mtls::{self, Alpn, MtlsError, PeerIdentity};
 use crate::data::sniff::{self, Detected};
 use crate::data::tcp;
 use crate::http::{self as h, Counted, HeaderView, PendingRecord, ServiceResult};
@@ -184,10 +184,10 @@ async fn handle(
         }
     };
     info.dst = target.dst;
-    let Some(tls) = shared.store.current() else {
+    if !shared.store.is_ready() {
         shared.record(&MtlsError::NoIdentity.record(&info, None));
         return;
-    };
+    }
 
     if ib.spec.mtls == Mtls::Permissive && !looks_like_tls(&tcp, ib.handshake_timeout).await {
         drop(pending);
@@ -223,11 +223,11 @@ async fn handle(
         return;
     }
 
-    let config = match target.protocol {
-        Protocol::Tcp => tls.server.clone(),
-        Protocol::Http | Protocol::Auto => tls.server_http.clone(),
+    let alpn = match target.protocol {
+        Protocol::Tcp => Alpn::None,
+        Protocol::Http | Protocol::Auto => Alpn::Http,
     };
-    let (stream, peer) = match mtls::accept(tcp, config, ib.handshake_timeout, &shared.store).await {
+    let (stream, peer) = match mtls::accept(tcp, alpn, ib.handshake_timeout, &shared.store).await {
         Ok(accepted) => accepted,
         Err(e) => {
             tracing::debug!(listener = %ib.name, %src, reason = e.reason(), detail = %e, "inbound handshake failed");
@@ -237,17 +237,15 @@ async fn handle(
     };
     drop(pending);
     peer.mark(&mut info);
-    let xfcc = ib
-        .spec
-        .xfcc
-        .then(|| {
-            h::xfcc_value(
-                tls.identity.id().as_str(),
-                &h::cert_sha256(peer.leaf()),
-                peer.id.as_str(),
-            )
-        })
-        .flatten();
+    // Who this ward is (the ID stays across rotations), for the app's XFCC header.
+    let xfcc = match (ib.spec.xfcc, shared.store.current()) {
+        (true, Some(tls)) => h::xfcc_value(
+            tls.identity.id().as_str(),
+            &h::cert_sha256(peer.leaf()),
+            peer.id.as_str(),
+        ),
+        _ => None,
+    };
     let ctx = PeerCtx {
         peer: Some(Arc::new(peer)),
         xfcc,
@@ -298,17 +296,20 @@ where
         shared.record(&info.silent("peer", started.elapsed()));
         return;
     }
-    let Some(policy) = shared.policy(&ib.name, target.port) else {
-        shared.record(&info.failed("no_policy: the listener has no policy now"));
-        return;
-    };
+    // Registered before the policy is looked up: a reload from now on is swept with it.
     let scope = Scope::Policy {
         listener: ib.name.clone(),
         port: target.port,
         http: detected != Detected::Opaque,
     };
     let lifetime = shared.settings.load().max_connection_lifetime;
-    let live = shared.live.register(ctx.peer.clone(), scope, lifetime);
+    let live = shared
+        .live
+        .register(ctx.peer.clone(), scope, lifetime, &shared.store);
+    let Some(policy) = shared.policy(&ib.name, target.port) else {
+        shared.record(&info.failed("no_policy: the listener has no policy now"));
+        return;
+    };
 
     if detected == Detected::Opaque {
         // Bytes that are not HTTP on a listener that expected some: the policy's HTTP-only

@@ -137,12 +137,16 @@ pub struct Live {
 
 impl Connections {
     /// Registers a connection whose peer is `peer` (validated under its generation), kept
-    /// open while `scope` admits it, for at most `lifetime`.
+    /// open while `scope` admits it, for at most `lifetime`. Register before looking up the
+    /// policy that admits the connection, so a reload after that is swept with it; an
+    /// identity that changed since the peer was validated is checked here at once (its sweep
+    /// may have run before the connection was registered).
     pub fn register(
         self: &Arc<Self>,
         peer: Option<Arc<PeerIdentity>>,
         scope: Scope,
         lifetime: Option<Duration>,
+        store: &CredentialStore,
     ) -> Live {
         let key = self.next.fetch_add(1, Ordering::Relaxed);
         let entry = Arc::new(Entry {
@@ -154,6 +158,9 @@ impl Connections {
             closed: Notify::new(),
         });
         self.lock().insert(key, entry.clone());
+        if let Err(reason) = entry.still_validates(store) {
+            entry.close(reason);
+        }
         Live {
             key,
             entry,
@@ -226,6 +233,20 @@ impl Connections {
             }
         }
     }
+}
+
+/// For a connection whose peer proved nothing and that no policy governs (the app's own
+/// connection into an outbound listener, whose mesh side is a pooled, registered connection):
+/// only `max_connection_lifetime` closes it, so it is not registered; a timer is all it needs.
+pub fn lifetime(lifetime: Option<Duration>) -> OnWake<impl Future<Output = String> + use<>> {
+    let deadline = lifetime.map(|d| Instant::now() + d);
+    OnWake::new(async move {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+        LIFETIME.to_owned()
+    })
 }
 
 impl Live {
@@ -304,8 +325,9 @@ mod tests {
                 http: false,
             },
             None,
+            &store,
         );
-        let outbound = conns.register(None, Scope::Bundles, None);
+        let outbound = conns.register(None, Scope::Bundles, None, &store);
         assert_eq!(conns.len(), 2);
         let closed = inbound.closed();
         assert_eq!(conns.sweep(Recheck::Policy, &store, &settings()).await, 1);
@@ -322,7 +344,7 @@ mod tests {
     async fn a_connection_closes_at_its_maximum_lifetime() {
         let conns = Arc::new(Connections::default());
         let store = CredentialStore::new(ward_certs::TlsOptions::default());
-        let live = conns.register(None, Scope::Bundles, Some(Duration::from_secs(5)));
+        let live = conns.register(None, Scope::Bundles, Some(Duration::from_secs(5)), &store);
         assert_eq!(live.closing(&store), None);
         let started = Instant::now();
         let reason = live.closed().await;

@@ -17,7 +17,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::{ClientConfig, ServerConfig};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
@@ -198,15 +197,37 @@ fn check_resumed(
     })
 }
 
-/// Takes an mTLS connection on `tcp` with `config` (one of the current identity's server
-/// configs, which require a client SVID), within `timeout`.
+/// Which of the current identity's TLS configs a handshake uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alpn {
+    /// No ALPN: opaque TCP.
+    None,
+    /// HTTP: a server offers `h2` and `http/1.1`, a client (sidecar to sidecar) `h2` alone.
+    Http,
+}
+
+/// The identity generation and the configs of now, in that order: the store swaps the configs
+/// in before it bumps the generation, so a handshake is never taken as checked under a
+/// generation newer than the bundles it was verified with.
+fn current(store: &CredentialStore) -> Result<(u64, Arc<ward_certs::TlsConfigs>), MtlsError> {
+    let generation = store.generation();
+    let tls = store.current().ok_or(MtlsError::NoIdentity)?;
+    Ok((generation, tls))
+}
+
+/// Takes an mTLS connection on `tcp` with the current identity (a client SVID is required),
+/// within `timeout`.
 pub async fn accept(
     tcp: TcpStream,
-    config: Arc<ServerConfig>,
+    alpn: Alpn,
     timeout: Duration,
     store: &CredentialStore,
 ) -> Result<(server::TlsStream<TcpStream>, PeerIdentity), MtlsError> {
-    let generation = store.generation();
+    let (generation, tls) = current(store)?;
+    let config = match alpn {
+        Alpn::None => tls.server.clone(),
+        Alpn::Http => tls.server_http.clone(),
+    };
     let stream = match tokio::time::timeout(timeout, TlsAcceptor::from(config).accept(tcp)).await {
         Err(_) => return Err(MtlsError::Timeout(timeout)),
         Ok(Err(e)) => return Err(handshake_failure(&e)),
@@ -228,16 +249,22 @@ pub struct Dial<'a> {
     pub handshake_timeout: Duration,
 }
 
-/// Connects to `to.addr` and makes an mTLS connection with `config` (one of the current
-/// identity's client configs), whose server must prove an ID `to.server_id` matches. The
-/// server is identified by its SPIFFE ID alone: no SNI, no DNS-name check.
+/// Connects to `to.addr` and makes an mTLS connection with the current identity, whose server
+/// must prove an ID `to.server_id` matches. The server is identified by its SPIFFE ID alone:
+/// no SNI, no DNS-name check.
 pub async fn connect(
     to: Dial<'_>,
-    config: Arc<ClientConfig>,
+    alpn: Alpn,
     store: &CredentialStore,
 ) -> Result<(client::TlsStream<TcpStream>, PeerIdentity), MtlsError> {
+    // Refused before a TCP connection is made when there is no identity yet.
+    current(store)?;
     let tcp = dial(to.addr, to.connect_timeout).await?;
-    let generation = store.generation();
+    let (generation, tls) = current(store)?;
+    let config = match alpn {
+        Alpn::None => tls.client.clone(),
+        Alpn::Http => tls.client_h2.clone(),
+    };
     let server_name = ServerName::IpAddress(to.addr.ip().into());
     let connect = TlsConnector::from(config).connect(server_name, tcp);
     let stream = match tokio::time::timeout(to.handshake_timeout, connect).await {

@@ -31,7 +31,7 @@ use crate::audit::{ConnInfo, Direction, Kind};
 use crate::config::{Expect, OutboundConfig, OutboundDefault, OutboundModel, Protocol, Route};
 use crate::data::accept::{self, Caps, ConnGuard};
 use crate::data::live::Scope;
-use crate::data::mtls::{self, Dial, MtlsError};
+use crate::data::mtls::{self, Alpn, Dial, MtlsError};
 use crate::data::sniff::{self, Detected};
 use crate::data::tcp;
 use crate::http::{self as h, Counted, PendingRecord, ServiceResult};
@@ -295,10 +295,6 @@ async fn serve_tcp(
     mut info: ConnInfo,
     started: Instant,
 ) {
-    let Some(tls) = shared.store.current() else {
-        shared.record(&MtlsError::NoIdentity.record(&info, None));
-        return;
-    };
     let settings = shared.settings();
     let to = Dial {
         addr,
@@ -306,7 +302,7 @@ async fn serve_tcp(
         connect_timeout: settings.connect_timeout,
         handshake_timeout: ob.handshake_timeout,
     };
-    let (stream, peer) = match mtls::connect(to, tls.client.clone(), &shared.store).await {
+    let (stream, peer) = match mtls::connect(to, Alpn::None, &shared.store).await {
         Ok(connected) => connected,
         Err(e) => {
             match &e {
@@ -328,6 +324,7 @@ async fn serve_tcp(
         Some(Arc::new(peer)),
         Scope::Bundles,
         settings.max_connection_lifetime,
+        &shared.store,
     );
     tcp::pipe(app, stream, &shared, &info, &ob.metrics, started, live.closed()).await;
 }
@@ -360,8 +357,7 @@ async fn serve_http(
         })
     };
     // The app proved nothing: only max_connection_lifetime closes this connection.
-    let lifetime = shared.settings.load().max_connection_lifetime;
-    let live = shared.live.register(None, Scope::Bundles, lifetime);
+    let closed = crate::data::live::lifetime(shared.settings.load().max_connection_lifetime);
     h::serve_connection(
         app,
         h::Version::from(detected),
@@ -369,7 +365,7 @@ async fn serve_http(
         shared,
         &info,
         &ob.metrics,
-        live.closed(),
+        closed,
     )
     .await;
 }

@@ -129,8 +129,16 @@ impl Body for ResponseBody {
         // Every field is Unpin (hyper's Incoming, Full, boxes): no projection needed.
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        // The record is written at the end of the stream, or when hyper drops the body after
+        // its last frame (PendingRecord's drop): after the response is on its way, never in
+        // front of its last bytes.
         let ended = match &polled {
-            Poll::Ready(None) => true,
+            Poll::Ready(None) => {
+                if let Some(mut r) = this.record.take() {
+                    r.write(0);
+                }
+                true
+            }
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(data), Some(r)) = (frame.data_ref(), this.record.as_mut()) {
                     r.bytes_out += data.len() as u64;
@@ -147,13 +155,8 @@ impl Body for ResponseBody {
             }
             Poll::Pending => false,
         };
-        if ended {
-            if let Some(f) = this.on_end.take() {
-                f();
-            }
-            if let Some(mut r) = this.record.take() {
-                r.write(0);
-            }
+        if ended && let Some(f) = this.on_end.take() {
+            f();
         }
         polled
     }

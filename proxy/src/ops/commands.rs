@@ -105,7 +105,10 @@ fn run(path: &Path, workers: usize) -> Result<(), String> {
                 }
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading the config and re-reading the identity");
-                    crate::ops::reload::reload_identity(&running.reload);
+                    // The identity material is re-read now (files at once, the Workload API
+                    // reconnected, the dev CA re-issues); an update is still validated, and a
+                    // bad one refused while the current identity keeps serving.
+                    running.reload.trigger();
                     last_text = std::fs::read(path).ok();
                     if let Some(t) = reload_config(path, &running).await {
                         drain_timeout = t;

@@ -6,5 +6,4 @@ pub mod demo;
 pub mod inject;
 pub mod iptables;
 pub mod logging;
-pub mod reload;
 pub mod shutdown;

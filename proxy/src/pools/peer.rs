@@ -13,7 +13,7 @@ use ward_certs::CredentialStore;
 use ward_filters::Pattern;
 
 use crate::data::live::{Connections, Live, Scope};
-use crate::data::mtls::{self, Dial, MtlsError, PeerIdentity};
+use crate::data::mtls::{self, Alpn, Dial, MtlsError, PeerIdentity};
 use crate::pools::app::InBody;
 
 /// Why a peer connection could not be had.
@@ -169,14 +169,13 @@ impl PeerPool {
 
     async fn connect(&self) -> Result<PeerConn, PeerError> {
         let addr = self.addr;
-        let tls = self.store.current().ok_or(MtlsError::NoIdentity)?;
         let to = Dial {
             addr,
             server_id: &self.server_id,
             connect_timeout: self.connect_timeout,
             handshake_timeout: self.handshake_timeout,
         };
-        let (stream, peer) = mtls::connect(to, tls.client_h2.clone(), &self.store).await?;
+        let (stream, peer) = mtls::connect(to, Alpn::Http, &self.store).await?;
         if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
             return Err(PeerError::NoH2(addr));
         }
@@ -197,7 +196,7 @@ impl PeerPool {
         let peer = Arc::new(peer);
         let live = self
             .live
-            .register(Some(peer.clone()), Scope::Bundles, self.max_lifetime);
+            .register(Some(peer.clone()), Scope::Bundles, self.max_lifetime, &self.store);
         Ok(PeerConn {
             send,
             peer,
