@@ -9,7 +9,9 @@
 //! A connection registers once its peer is known and holds its [`Live`] for its whole life
 //! (dropping it leaves the registry). A connection that carries bytes waits on
 //! [`Live::closed`]; the peer pool, whose connections are shared, asks [`Live::closing`]
-//! before it hands one out. [`Connections::watch`] sweeps the registry on every change.
+//! before it hands one out. [`Connections::watch`] sweeps the registry on every change. The
+//! app's own connections into an outbound listener prove nothing and no policy governs them:
+//! they are not registered, and only a [`lifetime`] timer closes them.
 
 use std::collections::HashMap;
 use std::future::Future;
