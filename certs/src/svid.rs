@@ -176,11 +176,6 @@ fn leaf_id(cert: &X509Certificate<'_>) -> Result<SpiffeId, SvidError> {
     Ok(id)
 }
 
-/// Extracts only the SPIFFE ID of a leaf that was already validated.
-pub fn peer_id(der: &[u8]) -> Result<SpiffeId, SvidError> {
-    leaf_id(&parse(der)?)
-}
-
 /// Checks a signing certificate (intermediate or root): a CA with keyCertSign, no weak key,
 /// no SHA-1 signature.
 pub fn check_signing_cert(der: &[u8]) -> Result<(), SvidError> {

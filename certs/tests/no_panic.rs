@@ -65,7 +65,6 @@ fn all_parsers(bytes: &[u8]) {
     let _ = svid::check_leaf(bytes);
     let _ = svid::check_signing_cert(bytes);
     let _ = svid::check_intermediate(bytes);
-    let _ = svid::peer_id(bytes);
     let _ = TrustBundle::parse(td(OUR_TD), bytes, "fuzz");
     let _ = pem::certs(bytes, "fuzz");
     let _ = pem::key(bytes, "fuzz");

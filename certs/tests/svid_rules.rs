@@ -522,9 +522,9 @@ fn trailing_bytes_after_certificate_are_refused() {
 }
 
 #[test]
-fn peer_id_reads_the_id_of_a_valid_leaf() {
+fn check_leaf_reads_the_id_of_a_valid_leaf() {
     let ca = TestCa::new(OUR_TD);
     let svid = ca.issue(&web_id());
-    assert_eq!(svid::peer_id(&svid.chain[0]).unwrap(), web_id());
-    assert!(svid::peer_id(b"not a certificate").is_err());
+    assert_eq!(svid::check_leaf(&svid.chain[0]).unwrap().id, web_id());
+    assert!(svid::check_leaf(b"not a certificate").is_err());
 }
