@@ -238,13 +238,34 @@ pub async fn start(model: &Model, audit: AuditLog) -> Result<Running, StartError
         live: Arc::default(),
     });
     // One task decides, on every new identity and every applied reload, which live
-    // connections must close.
+    // connections must close. Should it ever panic, it is started again (with a log line):
+    // without it no live connection would be re-checked.
     background.push({
-        let (live, store, policy) = (shared.live.clone(), store.clone(), shared.policy_gen.subscribe());
-        let settings = Arc::downgrade(&shared);
-        tokio::spawn(live.watch(store, policy, move || {
-            settings.upgrade().map(|s| s.settings()).unwrap_or_default()
-        }))
+        let shared = Arc::downgrade(&shared);
+        tokio::spawn(async move {
+            loop {
+                let Some(s) = shared.upgrade() else { return };
+                let (live, store, policy) = (s.live.clone(), s.store.clone(), s.policy_gen.subscribe());
+                drop(s);
+                let settings = shared.clone();
+                let watch = live.watch(store, policy, move || settings.upgrade().map(|s| s.settings()));
+                // Aborted with this task (at finish), not left running on its own.
+                struct AbortOnDrop(tokio::task::AbortHandle);
+                impl Drop for AbortOnDrop {
+                    fn drop(&mut self) {
+                        self.0.abort();
+                    }
+                }
+                let task = tokio::spawn(watch);
+                let _abort = AbortOnDrop(task.abort_handle());
+                match task.await {
+                    Err(e) if e.is_panic() => {
+                        tracing::error!(error = %e, "the live-connection re-check failed; starting it again");
+                    }
+                    _ => return,
+                }
+            }
+        })
     });
     let config_json = Arc::new(ArcSwap::from_pointee(json));
     let (listening_tx, listening_rx) = watch::channel(false);

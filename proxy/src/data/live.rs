@@ -206,12 +206,13 @@ impl Connections {
     }
 
     /// Sweeps on every new identity (`store`) and every applied reload (`policy`), with the
-    /// settings of then, until both senders are gone.
+    /// settings of then, until a sender is gone or `settings` has none (the process is
+    /// shutting down: nothing is left to decide).
     pub async fn watch(
         self: Arc<Self>,
         store: Arc<CredentialStore>,
         mut policy: watch::Receiver<u64>,
-        settings: impl Fn() -> Arc<Settings>,
+        settings: impl Fn() -> Option<Arc<Settings>>,
     ) {
         let mut identity = store.subscribe();
         loop {
@@ -225,7 +226,8 @@ impl Connections {
                     Err(_) => return,
                 },
             };
-            let closed = self.sweep(why, &store, &settings()).await;
+            let Some(settings) = settings() else { return };
+            let closed = self.sweep(why, &store, &settings).await;
             if closed > 0 {
                 tracing::info!(
                     ?why,
