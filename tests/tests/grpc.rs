@@ -457,3 +457,82 @@ fn grpc_calls_cross_both_sidecars_with_trailers_and_statuses() {
         w.assert_no_panic();
     }
 }
+
+/// A gRPC call the policy denies gets what gRPC clients expect: a trailers-only
+/// PERMISSION_DENIED (status 7) naming the rule, relayed unchanged by the caller's sidecar, not
+/// UNAVAILABLE; the app never sees it; the inbound records the denied call. A peer no rule
+/// allows at all gets status 7 too, for each call, never a cut-off connection.
+#[test]
+fn a_denied_grpc_call_gets_permission_denied_not_unavailable() {
+    let ids = ids();
+    let app = GrpcApp::spawn();
+    let rules = format!(
+        "      - {{name: no-streams, action: deny, from: [\"{FRONTEND}\"], paths: [\"{STREAM}\"]}}\n\
+         \x20     - {{name: frontend, action: allow, from: [\"{FRONTEND}\"]}}\n"
+    );
+    let pair = start_pair(&ids, &[Route::http("grpc", app.addr, &rules)]);
+    let intruder = ids.pki.issue("intruder", INTRUDER);
+    let intr_port = free_port();
+    let body = format!(
+        "{}outbound:\n  - {{name: grpc, listen: \"127.0.0.1:{intr_port}\", forward: \"127.0.0.1:{}\", protocol: http, server_id: \"{BACKEND}\"}}\n",
+        identity_yaml(&intruder, &[]),
+        pair.in_ports[0]
+    );
+    let _intruder_ward = Ward::start(&body, &[intr_port]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let call = |port: u16, path: &'static str| async move {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+                .unwrap()
+                .connect_timeout(WAIT)
+                .connect()
+                .await
+                .unwrap();
+            let mut grpc = tonic::client::Grpc::new(channel);
+            grpc.ready().await.unwrap();
+            grpc.unary::<_, EchoReply, _>(
+                tonic::Request::new(EchoRequest {
+                    text: "hi".into(),
+                    ..Default::default()
+                }),
+                PathAndQuery::from_static(path),
+                Codec::default(),
+            )
+            .await
+        };
+        let ok = call(pair.out_ports[0], UNARY).await.expect("an allowed call");
+        assert_eq!(ok.into_inner().text, "echo: hi");
+        let status = call(pair.out_ports[0], STREAM)
+            .await
+            .expect_err("a denied method");
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+        assert_eq!(
+            status.message(),
+            "ward: access denied: deny_rule (rule \"no-streams\")"
+        );
+        for _ in 0..2 {
+            let status = call(intr_port, UNARY).await.expect_err("a peer nothing allows");
+            assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+            assert_eq!(status.message(), "ward: access denied: default_deny");
+        }
+    });
+    assert_eq!(app.seen().len(), 1, "only the allowed call reached the app");
+    let denied = pair.inbound.wait_records(3, "denied calls", |r| {
+        r["kind"] == "request" && r["decision"] == "deny"
+    });
+    assert_eq!(denied[0]["path"], STREAM, "{}", denied[0]);
+    assert_eq!(denied[0]["rule"], "no-streams", "{}", denied[0]);
+    assert_eq!(denied[1]["peer_id"], INTRUDER, "{}", denied[1]);
+    // Denied per call, never at the connection.
+    let cut = pair
+        .inbound
+        .records()
+        .into_iter()
+        .filter(|r| r["kind"] == "authz")
+        .count();
+    assert_eq!(cut, 0, "a connection-level deny");
+    pair.inbound.assert_no_panic();
+}

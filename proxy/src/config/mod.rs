@@ -133,6 +133,23 @@ handshake_timeout: 3s
         let ib = &c.inbound[0].value;
         assert_eq!(ib.mtls, Mtls::Permissive);
         assert_eq!(c.outbound[0].value.protocol, Protocol::Auto);
+        // Server-first ports are TCP on `auto`, and only on `auto`.
+        assert_eq!(ib.server_first_ports, DEFAULT_SERVER_FIRST_PORTS);
+        assert_eq!(c.outbound[0].value.server_first_ports, DEFAULT_SERVER_FIRST_PORTS);
+        for (protocol, port, want) in [
+            (Protocol::Auto, 3306, Protocol::Tcp),
+            (Protocol::Auto, 25, Protocol::Tcp),
+            (Protocol::Auto, 8080, Protocol::Auto),
+            (Protocol::Http, 3306, Protocol::Http),
+            (Protocol::Tcp, 8080, Protocol::Tcp),
+        ] {
+            assert_eq!(
+                protocol.for_port(port, &ib.server_first_ports),
+                want,
+                "{protocol:?} {port}"
+            );
+        }
+        assert_eq!(Protocol::Auto.for_port(3306, &[]), Protocol::Auto);
         assert_eq!(c.handshake_timeout, Duration::from_secs(3));
         assert_eq!(c.connect_timeout, Duration::from_secs(5));
         assert_eq!(

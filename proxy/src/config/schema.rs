@@ -82,8 +82,9 @@ pub struct Config {
     /// How long connecting to a forward address may take.
     #[serde(default = "default_connect_timeout", with = "duration")]
     pub connect_timeout: Duration,
-    /// `protocol: auto`: how long to wait for the first bytes before treating a connection
-    /// as opaque TCP (server-first protocols send nothing).
+    /// `protocol: auto`: once a connection's first bytes arrived, how long to wait for enough
+    /// of them to tell HTTP from opaque TCP. (A client that sends nothing is waited for, up to
+    /// `idle_timeout`: server-first protocols belong in `server_first_ports`.)
     #[serde(default = "default_detect_timeout", with = "duration")]
     pub detect_timeout: Duration,
     /// An opaque TCP connection with no bytes either way for this long is closed.
@@ -257,6 +258,27 @@ pub enum Protocol {
     Auto,
 }
 
+impl Protocol {
+    /// The protocol a connection to `port` gets: `auto` on one of `server_first` is opaque TCP
+    /// at once, without waiting `detect_timeout` for a client byte a server-speaks-first
+    /// protocol never sends.
+    pub fn for_port(self, port: u16, server_first: &[u16]) -> Protocol {
+        match self {
+            Protocol::Auto if server_first.contains(&port) => Protocol::Tcp,
+            p => p,
+        }
+    }
+}
+
+/// Ports whose protocols speak first or are opaque (Linkerd's default list): SMTP (25, 587),
+/// MySQL (3306), Galera (4444), PostgreSQL (5432), Redis (6379), Elasticsearch's transport
+/// (9300), memcached (11211). `protocol: auto` treats them as TCP without sniffing.
+pub const DEFAULT_SERVER_FIRST_PORTS: [u16; 8] = [25, 587, 3306, 4444, 5432, 6379, 9300, 11211];
+
+fn default_server_first_ports() -> Vec<u16> {
+    DEFAULT_SERVER_FIRST_PORTS.to_vec()
+}
+
 /// What the app behind an inbound listener speaks, for HTTP traffic.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
@@ -307,6 +329,10 @@ pub struct InboundConfig {
     pub ports: BTreeMap<u16, PortOverride>,
     #[serde(default)]
     pub protocol: Protocol,
+    /// App ports that `protocol: auto` treats as TCP without sniffing (server-first
+    /// protocols); a port's own `protocol` wins. `[]` sniffs every port.
+    #[serde(default = "default_server_first_ports")]
+    pub server_first_ports: Vec<u16>,
     #[serde(default)]
     pub mtls: Mtls,
     pub policy: String,
@@ -399,6 +425,10 @@ pub struct OutboundConfig {
     pub forward: Option<SocketAddr>,
     #[serde(default)]
     pub protocol: Protocol,
+    /// Destination ports that `protocol: auto` treats as TCP without sniffing (server-first
+    /// protocols). `[]` sniffs every port.
+    #[serde(default = "default_server_first_ports")]
+    pub server_first_ports: Vec<u16>,
     /// Exact SPIFFE ID or pattern the server must present (explicit listeners).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_id: Option<String>,

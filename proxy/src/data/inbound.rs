@@ -4,12 +4,12 @@
 //! 3. the mTLS handshake with our SVID; the peer must present one ([`mtls::accept`], in
 //!    `data/mtls.rs`: the one place a handshake and the peer check happen);
 //! 4. by protocol: opaque TCP gets the connection policy and bytes both ways
-//!    ([`tcp::pipe`], `data/tcp.rs`); HTTP gets a connection-level check, then per request
-//!    ([`request`]) the policy, identity headers and pooled forwarding to the app, served by
-//!    [`h::serve_connection`] (`http/serve.rs`).
+//!    ([`tcp::pipe`], `data/tcp.rs`); HTTP gets, per request ([`request`]), the policy (a
+//!    deny is answered 403, or gRPC's PERMISSION_DENIED), identity headers and pooled
+//!    forwarding to the app, served by [`h::serve_connection`] (`http/serve.rs`).
 //!
 //! Every served connection is registered in [`crate::data::live`], which closes it when a new
-//! bundle or a reloaded policy no longer admits its peer. Audit records and metrics along the
+//! bundle (or, for opaque TCP, a reloaded policy) no longer admits its peer. Audit records and metrics along the
 //! way.
 
 use std::net::SocketAddr;
@@ -104,7 +104,7 @@ impl Inbound {
             return Ok(Target {
                 dst: tcp.local_addr().map_err(|e| format!("local address: {e}"))?,
                 forward,
-                protocol: spec.protocol,
+                protocol: spec.protocol.for_port(forward.port(), &spec.server_first_ports),
                 port: None,
             });
         }
@@ -122,7 +122,9 @@ impl Inbound {
         Ok(Target {
             dst,
             forward: SocketAddr::new(host, port),
-            protocol: o.and_then(|o| o.protocol).unwrap_or(spec.protocol),
+            protocol: o
+                .and_then(|o| o.protocol)
+                .unwrap_or_else(|| spec.protocol.for_port(port, &spec.server_first_ports)),
             port: Some(port),
         })
     }
@@ -278,8 +280,8 @@ async fn handle(
 }
 
 /// Serves an identified connection as opaque TCP or HTTP, registered among the live
-/// connections for as long as it lasts (a reload whose policy no longer admits its peer, or a
-/// bundle that no longer validates it, closes it).
+/// connections for as long as it lasts (a bundle that no longer validates its peer closes
+/// it, and for opaque TCP a reload whose policy no longer admits the peer).
 async fn serve_detected<S>(conn: Accepted<S>, ib: &Arc<Inbound>, shared: &Arc<Shared>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -296,22 +298,25 @@ where
         shared.record(&info.silent("peer", started.elapsed()));
         return;
     }
-    // Registered before the policy is looked up: a reload from now on is swept with it.
-    let scope = Scope::Policy {
-        listener: ib.name.clone(),
-        port: target.port,
-        http: detected != Detected::Opaque,
+    // Registered before the policy is looked up: a reload from now on is swept with it. Opaque
+    // TCP is admitted once, so a reload that no longer admits its peer closes it; HTTP asks
+    // the policy of now on every request, and only the bundles (and the peer's SVID) bound it.
+    let scope = match detected {
+        Detected::Opaque => Scope::Policy {
+            listener: ib.name.clone(),
+            port: target.port,
+        },
+        _ => Scope::Bundles,
     };
     let lifetime = shared.settings.load().max_connection_lifetime;
     let live = shared
         .live
         .register(ctx.peer.clone(), scope, lifetime, &shared.store);
-    let Some(policy) = shared.policy(&ib.name, target.port) else {
-        shared.record(&info.failed("no_policy: the listener has no policy now"));
-        return;
-    };
-
     if detected == Detected::Opaque {
+        let Some(policy) = shared.policy(&ib.name, target.port) else {
+            shared.record(&info.failed("no_policy: the listener has no policy now"));
+            return;
+        };
         // Bytes that are not HTTP on a listener that expected some: the policy's HTTP-only
         // deny rules cannot be applied to them, so a peer they cover is refused.
         if target.protocol == Protocol::Auto && policy.denies_some_requests(ctx.peer()) {
@@ -332,13 +337,9 @@ where
         }
         return;
     }
-    // HTTP: refuse at once a peer no request of which could be allowed.
-    if !policy.may_allow_requests(ctx.peer()) {
-        let verdict = policy.evaluate_connection(ctx.peer());
-        shared.record(&info.authz(&verdict));
-        let _ = io.shutdown().await;
-        return;
-    }
+    // HTTP: every request gets the policy's answer, even from a peer no request of which could
+    // be allowed (403, or gRPC's PERMISSION_DENIED, and a record per request): a caller told
+    // "forbidden" stops retrying, one cut off at the connection sees an outage.
     let app = match &ib.app {
         Some(apps) => apps[crate::data::shards::current() % apps.len()].clone(),
         None => AppClient::new(target.forward, shared.settings.load().connect_timeout),
@@ -422,9 +423,11 @@ async fn request(
     if let Some(v) = &ctx.xfcc {
         parts.headers.insert(h::XFCC.clone(), v.clone());
     }
+    let grpc = h::is_grpc(&parts.headers);
     let Some(policy) = shared.policy(&ib.name, target.port) else {
-        let r = info.request(&no_policy_verdict(), &method, &path, authority.as_deref());
-        return Ok(pending(r).attach(h::text(StatusCode::FORBIDDEN, "ward: access denied\n")));
+        let verdict = no_policy_verdict();
+        let r = info.request(&verdict, &method, &path, authority.as_deref());
+        return Ok(pending(r).attach(h::denied(&verdict, grpc)));
     };
     let verdict = policy.evaluate_request(
         ctx.peer(),
@@ -436,13 +439,13 @@ async fn request(
     );
     let pending = pending(info.request(&verdict, &method, &path, authority.as_deref()));
     if verdict.decision == Decision::Deny {
-        return Ok(pending.attach(h::text(StatusCode::FORBIDDEN, "ward: access denied\n")));
+        return Ok(pending.attach(h::denied(&verdict, grpc)));
     }
 
     let h2 = match ib.spec.app_protocol {
         AppProtocol::Http1 => false,
         AppProtocol::Http2 => true,
-        AppProtocol::Auto => h::is_grpc(&parts.headers),
+        AppProtocol::Auto => grpc,
     };
     let host = authority.unwrap_or_else(|| target.forward.to_string());
     let Some(uri) = h::absolute_uri(host, &path, &parts.uri) else {
@@ -463,7 +466,8 @@ async fn request(
         }
         Err(e) => {
             tracing::warn!(listener = %ib.name, app = %target.forward, error = %e, "cannot reach the app");
-            Ok(pending.attach(h::text(StatusCode::BAD_GATEWAY, "ward: the app is unavailable\n")))
+            let message = format!("ward: the app at {} is unavailable: {e}", target.forward);
+            Ok(pending.attach(h::unavailable(StatusCode::BAD_GATEWAY, message, grpc)))
         }
     }
 }

@@ -2,8 +2,8 @@
 //! must close, and why (in the spirit of ztunnel's connection manager):
 //! - a new identity or trust bundle: a connection whose peer's chain no longer validates
 //!   (its CA left the bundle, its SVID expired) closes, `revoked_<reason>`;
-//! - a reloaded policy: an inbound connection its listener's policy no longer admits closes,
-//!   `revoked_policy`;
+//! - a reloaded policy: an inbound opaque TCP connection its listener's policy no longer
+//!   admits closes, `revoked_policy` (HTTP asks the policy on every request instead);
 //! - `max_connection_lifetime`: a connection older than it closes.
 //!
 //! A connection registers once its peer is known and holds its [`Live`] for its whole life
@@ -33,13 +33,10 @@ use crate::data::mtls::PeerIdentity;
 pub enum Scope {
     /// Nothing else: an outbound connection, or one of the peer pool's.
     Bundles,
-    /// The policy of an inbound listener (for an app port, when transparent): for opaque
-    /// TCP its connection verdict, for HTTP whether any request of the peer may be allowed.
-    Policy {
-        listener: Arc<str>,
-        port: Option<u16>,
-        http: bool,
-    },
+    /// The connection verdict of an inbound listener's policy (for an app port, when
+    /// transparent): opaque TCP, admitted once. (HTTP asks the policy on every request: a
+    /// reload never closes its connections, their next request gets the new answer.)
+    Policy { listener: Arc<str>, port: Option<u16> },
 }
 
 /// Why the registry looks at its connections again.
@@ -100,7 +97,7 @@ impl Entry {
     /// After a reload: an inbound connection's listener must still have a policy that admits
     /// its peer.
     fn still_admitted(&self, settings: &Settings) -> Result<(), String> {
-        let Scope::Policy { listener, port, http } = &self.scope else {
+        let Scope::Policy { listener, port } = &self.scope else {
             return Ok(());
         };
         let peer = match &self.peer {
@@ -109,11 +106,7 @@ impl Entry {
         };
         match settings.policy_for(listener, *port) {
             None => Err(format!("revoked_policy: listener {listener:?} has no policy now")),
-            Some((_, p)) if *http && !p.may_allow_requests(peer) => Err(format!(
-                "revoked_policy: policy {:?} no longer admits this peer",
-                p.name()
-            )),
-            Some((_, p)) if !*http && p.evaluate_connection(peer).decision == Decision::Deny => Err(format!(
+            Some((_, p)) if p.evaluate_connection(peer).decision == Decision::Deny => Err(format!(
                 "revoked_policy: policy {:?} now denies this peer",
                 p.name()
             )),
@@ -326,7 +319,6 @@ mod tests {
             Scope::Policy {
                 listener: "web".into(),
                 port: None,
-                http: false,
             },
             None,
             &store,

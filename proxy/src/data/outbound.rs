@@ -228,7 +228,10 @@ async fn handle(
         Dest::Mesh { addr, expect } => (addr, expect),
     };
     info.dst = addr;
-    let protocol = ob.spec.protocol;
+    let protocol = ob
+        .spec
+        .protocol
+        .for_port(addr.port(), &ob.spec.server_first_ports);
     let detected = match protocol {
         Protocol::Tcp => Detected::Opaque,
         Protocol::Http => {
@@ -397,16 +400,24 @@ async fn request(
     };
     let bytes_in = Arc::new(AtomicU64::new(0));
     let pending = |r| PendingRecord::new(r, shared.clone(), ob.metrics.clone(), started, bytes_in.clone());
+    let grpc = h::is_grpc(req.headers());
     let conn = match pool.get().await {
         Ok(c) => c,
         Err(e) => {
+            // A server that proved the wrong identity is a bad gateway; one ward could not
+            // reach or finish a handshake with is unavailable.
             let status = match e {
                 crate::pools::PeerError::Mtls(MtlsError::ServerIdMismatch { .. }) => StatusCode::BAD_GATEWAY,
                 _ => StatusCode::SERVICE_UNAVAILABLE,
             };
             tracing::warn!(listener = %ob.name, error = %e, "no connection to the peer");
+            let message = format!(
+                "ward: no connection to the upstream at {}: {}: {e}",
+                info.dst,
+                e.label()
+            );
             let r = record(Decision::Deny, format!("{}: {e}", e.label()).into(), None);
-            return Ok(pending(r).attach(h::text(status, "ward: the upstream sidecar is unavailable\n")));
+            return Ok(pending(r).attach(h::unavailable(status, message, grpc)));
         }
     };
     let (mut parts, body) = req.into_parts();
@@ -438,10 +449,8 @@ async fn request(
         }
         Err(e) => {
             tracing::warn!(listener = %ob.name, error = %e, "request to the peer failed");
-            Ok(pending.attach(h::text(
-                StatusCode::BAD_GATEWAY,
-                "ward: the upstream sidecar failed the request\n",
-            )))
+            let message = format!("ward: the request to the upstream at {} failed: {e}", info.dst);
+            Ok(pending.attach(h::unavailable(StatusCode::BAD_GATEWAY, message, grpc)))
         }
     }
 }

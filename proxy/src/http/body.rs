@@ -22,9 +22,9 @@ use crate::metrics::ListenerMetrics;
 use crate::state::Shared;
 
 /// A short text response of ward's own.
-pub fn text(status: StatusCode, body: &'static str) -> Response<ResponseBody> {
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<ResponseBody> {
     let mut resp = Response::new(ResponseBody {
-        inner: Either::Right(Full::new(Bytes::from_static(body.as_bytes()))),
+        inner: Either::Right(Full::new(body.into())),
         on_end: None,
         record: None,
     });

@@ -35,11 +35,17 @@ pub enum Command {
         workers: usize,
     },
     /// Validate a config, its policies and identity material; exit 0, or 1 with every problem.
-    #[command(after_help = "Example:\n  ward check -c ward.yaml && echo ok")]
+    #[command(
+        after_help = "Examples:\n  ward check -c ward.yaml && echo ok\n  ward check -c ward.yaml --effective   also print the config with every default filled in"
+    )]
     Check {
         /// The config file.
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
+        /// Print the effective config (every default filled in, as `ward run` logs it) as
+        /// JSON after the check.
+        #[arg(long)]
+        effective: bool,
     },
     /// A whole mesh on loopback with the dev CA: an app, two sidecars, allowed and denied
     /// calls and a live rotation, printed step by step.

@@ -18,7 +18,7 @@ use crate::running;
 pub fn main(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Run { config, workers } => run(&config, workers),
-        Command::Check { config } => check(&config),
+        Command::Check { config, effective } => check(&config, effective),
         Command::Demo { keep } => crate::ops::demo::run(keep),
         Command::Certs(cmd) => certs(cmd),
         Command::Policy(PolicyCommand::Explain {
@@ -186,7 +186,7 @@ async fn reload_config(path: &Path, running: &running::Running) -> Option<Durati
     }
 }
 
-fn check(path: &Path) -> Result<(), String> {
+fn check(path: &Path, effective: bool) -> Result<(), String> {
     let model = crate::config::load(path).map_err(|e| e.to_string())?;
     let config = &model.config;
     for w in config.warnings(&path.display().to_string()) {
@@ -211,6 +211,10 @@ fn check(path: &Path) -> Result<(), String> {
         rfc3339(info.not_after),
         identity.bundles().trust_domains().join(", ")
     );
+    if effective {
+        let json = serde_json::to_string_pretty(&model.json).map_err(|e| e.to_string())?;
+        println!("{json}");
+    }
     Ok(())
 }
 

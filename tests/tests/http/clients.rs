@@ -146,7 +146,7 @@ fn curl_http1_and_h2c_reach_the_app_through_both_sidecars() {
 
 /// curl straight to the inbound over mTLS with the frontend's SVID: HTTP/2 by ALPN, XFCC from
 /// the presented leaf, a forged XFCC dropped; `app_protocol: http2` speaks h2c to the app; an
-/// SVID that no request could be allowed for is refused at the connection.
+/// SVID that no request could be allowed for gets 403 for each request.
 #[test]
 fn curl_h2_with_an_svid_straight_to_the_inbound() {
     let ids = ids();
@@ -219,21 +219,27 @@ fn curl_h2_with_an_svid_straight_to_the_inbound() {
     assert_eq!(r[0]["path"], "/direct", "{}", r[0]);
     assert_eq!(r[1]["listener"], "backend-h2", "{}", r[1]);
 
-    // The intruder's SVID is valid, but nothing is allowed for it: refused before any request.
+    // The intruder's SVID is valid, but nothing is allowed for it: the handshake completes
+    // and each request is answered 403, naming the reason, with a record per request.
     let seen = inbound.records().len();
-    let out = run(
-        curl_cmd()
-            .args(["--http2", "-k", "--cert"])
-            .arg(&intruder.cert)
-            .arg("--key")
-            .arg(&intruder.key)
-            .arg(format!("https://127.0.0.1:{p1}/intrude")),
-        b"",
-        Duration::from_secs(8),
-    );
-    assert_ne!(out.code(), 0, "the intruder got an answer: {}", out.stdout());
+    let got = curl(&[
+        "--http2",
+        "-k",
+        "--cert",
+        intruder.cert.to_str().unwrap(),
+        "--key",
+        intruder.key.to_str().unwrap(),
+        &format!("https://127.0.0.1:{p1}/intrude"),
+    ]);
+    assert_eq!((got.status, got.version.as_str()), (403, "2"), "{got:?}");
+    assert_eq!(got.body, "ward: access denied: default_deny\n");
     let deny = inbound.wait_record_after(seen, "deny for the intruder", |r| r["decision"] == "deny");
     assert_eq!(deny["peer_id"], INTRUDER, "{deny}");
+    assert_eq!(
+        (&deny["kind"], &deny["path"], &deny["status"]),
+        (&"request".into(), &"/intrude".into(), &403.into()),
+        "{deny}"
+    );
     assert_eq!(app.count(), 2, "the app saw the intruder");
     inbound.assert_no_panic();
 }

@@ -223,3 +223,98 @@ fn a_split_h2c_preface_still_gets_http2() {
     assert_eq!((got.status, got.version.as_str()), (200, "1.1"), "{got:?}");
     pair.outbound.assert_no_panic();
 }
+
+/// A server-speaks-first protocol on `protocol: auto`: on a port of `server_first_ports` (the
+/// default list has Redis's 6379) the banner crosses both sidecars at once, as opaque TCP;
+/// with `server_first_ports: []` ward waits for the client's first bytes to sniff, and the
+/// banner comes only after them; `ward check --effective` shows the list.
+#[test]
+fn server_first_ports_are_tcp_on_auto_without_waiting() {
+    let ids = ids();
+    // A server-first app on Redis's port (on a loopback address of its own).
+    let banner_app = std::net::TcpListener::bind("127.0.0.7:6379").expect(
+        "bind 127.0.0.7:6379 for the server-first app (is something listening on 6379 on every address?)",
+    );
+    let app_addr = banner_app.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in banner_app.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let _ = conn.write_all(b"+OK banner\r\n");
+                let mut buf = [0u8; 64];
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let detect = Duration::from_secs(3);
+    let run_pair = |inbound_list: &str, outbound_list: &str| {
+        let (inp, outp) = (free_port(), free_port());
+        let body = format!(
+            "{}detect_timeout: 3s\ninbound:\n  - {{name: kv, listen: \"127.0.0.1:{inp}\", forward: \"{app_addr}\", policy: kv{inbound_list}}}\npolicies:\n  kv:\n    default: deny\n    rules:\n{}",
+            identity_yaml(&ids.backend, &[]),
+            allow_frontend()
+        );
+        let inbound = Ward::start(&body, &[inp]);
+        let list = outbound_list.replace("IN", &inp.to_string());
+        let body = format!(
+            "{}detect_timeout: 3s\noutbound:\n  - {{name: kv, listen: \"127.0.0.1:{outp}\", forward: \"127.0.0.1:{inp}\", server_id: \"{BACKEND}\"{list}}}\n",
+            identity_yaml(&ids.frontend, &[]),
+        );
+        let outbound = Ward::start(&body, &[outp]);
+        (inbound, outbound, outp)
+    };
+    let banner_after = |port: u16| {
+        use std::io::Read;
+        let started = std::time::Instant::now();
+        let mut s = std::net::TcpStream::connect(local(port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 12];
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"+OK banner\r\n");
+        started.elapsed()
+    };
+    // The outbound's destination is the inbound's listen port (explicit listeners): listed
+    // on it; the inbound's app port 6379 is on the default list.
+    let (inbound, _outbound, port) = run_pair("", ", server_first_ports: [IN]");
+    let took = banner_after(port);
+    assert!(took < detect, "the banner waited for detection: {took:?}");
+    let r = inbound.wait_record("the TCP access record", |r| r["kind"] == "authz");
+    assert_eq!(r["decision"], "allow", "{r}");
+    // An empty list on the inbound: it waits for the client's first bytes to sniff them, so
+    // the banner comes only once the client has spoken.
+    let (_inbound, _outbound, port) = run_pair(", server_first_ports: []", ", server_first_ports: [IN]");
+    let mut s = std::net::TcpStream::connect(local(port)).unwrap();
+    s.set_read_timeout(Some(detect + Duration::from_secs(1))).unwrap();
+    let mut buf = [0u8; 12];
+    let early = std::io::Read::read(&mut s, &mut buf);
+    assert!(early.is_err(), "a banner before the client spoke: {early:?}");
+    std::io::Write::write_all(&mut s, b"PING\r\n").unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    std::io::Read::read_exact(&mut s, &mut buf).unwrap();
+    assert_eq!(&buf, b"+OK banner\r\n");
+
+    // `ward check --effective` shows the list a listener gets.
+    let path = ids.pki.dir.path().join("server-first.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "{}inbound:\n  - {{name: kv, listen: \"127.0.0.1:{}\", forward: \"{app_addr}\", policy: kv}}\npolicies:\n  kv:\n    default: deny\n",
+            identity_yaml(&ids.backend, &[]),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let out = ward(&["check", "-c", path.to_str().unwrap(), "--effective"], WAIT);
+    assert_eq!(out.code(), 0, "{}", out.stderr());
+    let stdout = out.stdout();
+    let json: Value = serde_json::from_str(&stdout[stdout.find('{').unwrap()..]).unwrap();
+    assert_eq!(
+        json["inbound"][0]["server_first_ports"],
+        serde_json::json!([25, 587, 3306, 4444, 5432, 6379, 9300, 11211])
+    );
+}

@@ -5,7 +5,8 @@
 //! paths, headers; deny wins), XFCC, path normalization against bypasses, request smuggling,
 //! connection reuse on both hops, and `protocol: auto`.
 //!
-//! One module per topic: `clients` (curl through the pair and straight to the inbound,
+//! One module per topic: `answers` (every answer a caller can get), `clients` (curl through
+//! the pair and straight to the inbound,
 //! XFCC), `reuse` (one sidecar-to-sidecar connection for many requests), `policy`
 //! (per-request rules, path spellings, Host), `smuggling` (ambiguous framing), `detection`
 //! (`protocol: auto` and h2c detection), `workers` (`--workers N`) and `app_pool` (the
@@ -18,6 +19,7 @@ use std::time::Duration;
 use serde_json::Value;
 use ward_e2e::*;
 
+mod answers;
 mod app_pool;
 mod clients;
 mod detection;

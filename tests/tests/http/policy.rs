@@ -92,7 +92,7 @@ fn requests_denied_by_method_path_and_header_get_403_and_never_reach_the_app() {
         ("legacy", &[], "/legacy/x", 200, Some("legacy")),
         ("legacy-new", &["-H", "x-new-client: 1"], "/legacy/x", 403, None),
     ];
-    for (case, opts, path, status, _) in cases {
+    for (case, opts, path, status, rule) in cases {
         let url = format!("http://127.0.0.1:{out}{path}");
         let header = format!("x-case: {case}");
         let mut args: Vec<&str> = opts.to_vec();
@@ -100,7 +100,12 @@ fn requests_denied_by_method_path_and_header_get_403_and_never_reach_the_app() {
         let got = curl(&args);
         assert_eq!(got.status, *status, "{case}: {got:?}");
         if *status == 403 {
-            assert_eq!(got.body, "ward: access denied\n", "{case}: a short text body");
+            // A short text body naming the reason and the rule.
+            let want = match rule {
+                Some(rule) => format!("ward: access denied: deny_rule (rule {rule:?})\n"),
+                None => "ward: access denied: default_deny\n".to_owned(),
+            };
+            assert_eq!(got.body, want, "{case}");
         }
     }
 
