@@ -4,7 +4,12 @@
 //!   (its CA left the bundle, its SVID expired) closes, `revoked_<reason>`;
 //! - a reloaded policy: an inbound opaque TCP connection its listener's policy no longer
 //!   admits closes, `revoked_policy` (HTTP asks the policy on every request instead);
+//! - the peer's SVID expires: the connection closes at its notAfter, `peer_svid_expired`
+//!   (however long it is, whatever it carries: an opaque stream, an upgraded one, HTTP);
 //! - `max_connection_lifetime`: a connection older than it closes.
+//!
+//! A pooled connection between sidecars is retired (takes no new request) a little before
+//! either side's SVID expires ([`Live::closing`]), so that no request meets that close.
 //!
 //! A connection registers once its peer is known and holds its [`Live`] for its whole life
 //! (dropping it leaves the registry). A connection that carries bytes waits on
@@ -48,14 +53,41 @@ pub enum Recheck {
 
 /// The reason a connection closes at `max_connection_lifetime`.
 const LIFETIME: &str = "max_connection_lifetime: the connection reached its maximum lifetime";
+/// Why a pooled connection takes no more requests.
+const RETIRED: &str = "retired: an SVID of the connection expires soon";
+/// How long before the first of its two SVIDs expires a pooled connection is retired (at most
+/// half of the time it had left when it was made): longer than most requests take, so the
+/// last ones it carried end before the peer closes it.
+const RETIRE_BEFORE: Duration = Duration::from_secs(10);
+
+/// The instant of a Unix time, from `now` (the past is now).
+fn at_unix(unix: i64, now: Instant) -> Instant {
+    let wall_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let left_ms = (i128::from(unix) * 1000 - i128::try_from(wall_ms).unwrap_or(i128::MAX)).clamp(0, 1 << 40);
+    now + Duration::from_millis(u64::try_from(left_ms).unwrap_or(0))
+}
+
+fn expired_reason(peer: &PeerIdentity) -> Arc<str> {
+    format!(
+        "peer_svid_expired: the peer's SVID (serial {}) expired at {}",
+        peer.serial,
+        crate::audit::rfc3339(peer.not_after)
+    )
+    .into()
+}
 
 #[derive(Debug)]
 struct Entry {
     /// `None` for a connection whose peer proved nothing (permissive plaintext, the app).
     peer: Option<Arc<PeerIdentity>>,
     scope: Scope,
-    /// When it reaches `max_connection_lifetime`.
-    deadline: Option<Instant>,
+    /// When it must end, and why: the peer's SVID expires, or it reaches
+    /// `max_connection_lifetime`, whichever comes first.
+    deadline: Option<(Instant, Arc<str>)>,
+    /// When a pooled connection stops taking requests: before either SVID expires.
+    retire: Option<Instant>,
     /// The identity generation the peer's chain was last validated under.
     checked: AtomicU64,
     /// Set once, when the connection must close.
@@ -144,11 +176,26 @@ impl Connections {
         store: &CredentialStore,
     ) -> Live {
         let key = self.next.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let lifetime = lifetime.map(|d| (now + d, Arc::<str>::from(LIFETIME)));
+        let expiry = peer
+            .as_ref()
+            .map(|p| (at_unix(p.not_after, now), expired_reason(p)));
+        let deadline = match (lifetime, expiry) {
+            (Some(l), Some(e)) => Some(if e.0 <= l.0 { e } else { l }),
+            (l, e) => l.or(e),
+        };
+        let retire = peer.as_ref().map(|p| {
+            let first = at_unix(p.not_after.min(p.own_not_after), now);
+            let left = first.saturating_duration_since(now);
+            first - RETIRE_BEFORE.min(left / 2)
+        });
         let entry = Arc::new(Entry {
             checked: AtomicU64::new(peer.as_ref().map_or(u64::MAX, |p| p.generation)),
             peer,
             scope,
-            deadline: lifetime.map(|d| Instant::now() + d),
+            deadline,
+            retire,
             reason: OnceLock::new(),
             closed: Notify::new(),
         });
@@ -254,8 +301,14 @@ impl Live {
         if let Some(reason) = self.entry.reason.get() {
             return Some(reason.clone());
         }
-        if self.entry.deadline.is_some_and(|d| Instant::now() >= d) {
-            return Some(LIFETIME.to_owned());
+        let now = Instant::now();
+        if let Some((at, reason)) = &self.entry.deadline
+            && now >= *at
+        {
+            return Some(reason.to_string());
+        }
+        if self.entry.retire.is_some_and(|r| now >= r) {
+            return Some(RETIRED.to_owned());
         }
         if let Err(reason) = self.entry.still_validates(store) {
             self.entry.close(reason.clone());
@@ -268,11 +321,14 @@ impl Live {
     /// a connection's future keeps a pointer for its whole life, and polls it only when it
     /// was woken.
     pub fn closed(&self) -> OnWake<impl Future<Output = String> + use<>> {
-        let (entry, deadline) = (self.entry.clone(), self.entry.deadline);
+        let (entry, deadline) = (self.entry.clone(), self.entry.deadline.clone());
         OnWake::new(async move {
-            let lifetime = async move {
+            let ends = async move {
                 match deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
+                    Some((at, reason)) => {
+                        tokio::time::sleep_until(at).await;
+                        reason.to_string()
+                    }
                     None => std::future::pending().await,
                 }
             };
@@ -287,7 +343,7 @@ impl Live {
             };
             tokio::select! {
                 reason = decided => reason,
-                () = lifetime => LIFETIME.to_owned(),
+                reason = ends => reason,
             }
         })
     }

@@ -41,11 +41,18 @@ pub struct PeerIdentity {
     chain: Arc<[CertificateDer<'static>]>,
     /// The identity generation the chain was checked against.
     pub generation: u64,
+    /// The notAfter (Unix seconds) of our own SVID in this handshake: a pooled connection is
+    /// retired before it, as the peer closes it then.
+    pub own_not_after: i64,
 }
 
 impl PeerIdentity {
     /// From the peer certificates of a finished (verified) handshake.
-    fn of(conn: &rustls::CommonState, generation: u64) -> Result<PeerIdentity, MtlsError> {
+    fn of(
+        conn: &rustls::CommonState,
+        generation: u64,
+        own: &ward_certs::Identity,
+    ) -> Result<PeerIdentity, MtlsError> {
         let certs = conn.peer_certificates();
         let svid = ward_certs::peer_svid(certs).ok_or(MtlsError::NoPeerId)?;
         Ok(PeerIdentity {
@@ -59,6 +66,7 @@ impl PeerIdentity {
                 .map(|c| c.clone().into_owned())
                 .collect(),
             generation,
+            own_not_after: own.info().not_after,
         })
     }
 
@@ -234,7 +242,7 @@ pub async fn accept(
         Ok(Ok(s)) => s,
     };
     let conn = stream.get_ref().1;
-    let peer = PeerIdentity::of(conn, generation)?;
+    let peer = PeerIdentity::of(conn, generation, &tls.identity)?;
     check_resumed(conn, &peer, store)?;
     Ok((stream, peer))
 }
@@ -273,7 +281,7 @@ pub async fn connect(
         Ok(Ok(s)) => s,
     };
     let conn = stream.get_ref().1;
-    let peer = PeerIdentity::of(conn, generation)?;
+    let peer = PeerIdentity::of(conn, generation, &tls.identity)?;
     check_resumed(conn, &peer, store)?;
     if !to.server_id.matches(peer.id.as_str()) {
         return Err(MtlsError::ServerIdMismatch {

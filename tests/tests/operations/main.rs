@@ -6,7 +6,8 @@
 //! or at `max_connection_lifetime`.
 //!
 //! One module per topic: `admin` (the admin endpoints and metrics), `drain` (SIGTERM, SIGINT,
-//! `POST /shutdown`, `drain_timeout`), `limits` (timeouts, the connection cap, header floods)
+//! `POST /shutdown`, `drain_timeout`), `expiry` (connections bounded by their SVIDs), `limits`
+//! (timeouts, the connection cap, header floods)
 //! and `reload` (SIGHUP, a changed config file or bundle, `max_connection_lifetime`). The
 //! helpers they share are here.
 
@@ -19,6 +20,7 @@ use ward_e2e::*;
 
 mod admin;
 mod drain;
+mod expiry;
 mod limits;
 mod reload;
 
