@@ -175,8 +175,9 @@ pub struct TlsConfigs {
     pub client: Arc<ClientConfig>,
     /// Inbound offering ALPN `h2` and `http/1.1`: HTTP and protocol-detecting listeners.
     pub server_http: Arc<ServerConfig>,
-    /// Outbound offering ALPN `h2` only: sidecar-to-sidecar HTTP is always multiplexed HTTP/2.
-    pub client_h2: Arc<ClientConfig>,
+    /// Outbound offering ALPN `h2`, then `http/1.1`: another ward (or any HTTP/2 server)
+    /// picks `h2`, a server that speaks HTTP/1.1 only picks that, an opaque one nothing.
+    pub client_http: Arc<ClientConfig>,
 }
 
 impl TlsConfigs {
@@ -208,14 +209,14 @@ impl TlsConfigs {
         client.alpn_protocols = opts.alpn.clone();
         let mut server_http = server.clone();
         server_http.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let mut client_h2 = client.clone();
-        client_h2.alpn_protocols = vec![b"h2".to_vec()];
+        let mut client_http = client.clone();
+        client_http.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(TlsConfigs {
             identity,
             server: Arc::new(server),
             client: Arc::new(client),
             server_http: Arc::new(server_http),
-            client_h2: Arc::new(client_h2),
+            client_http: Arc::new(client_http),
         })
     }
 }

@@ -12,7 +12,9 @@ use crate::{WAIT, ward_bin};
 /// An external tool the tests need; a missing tool fails the test (never a skip).
 pub fn require_tool(name: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&path) {
+    // Servers (nginx, haproxy) live in sbin, which a non-login PATH may leave out.
+    let sbin = ["/usr/sbin", "/sbin"].map(PathBuf::from);
+    for dir in std::env::split_paths(&path).chain(sbin) {
         let candidate = dir.join(name);
         if candidate.is_file() {
             return candidate;
@@ -200,4 +202,65 @@ pub fn curl(port: u16, client: Option<&SvidFiles>, ca: &Path) -> Output {
     }
     cmd.arg(format!("https://127.0.0.1:{port}/"));
     run(&mut cmd, b"", Duration::from_secs(8))
+}
+
+/// A long-running real peer (nginx, haproxy, a Python server), killed when dropped.
+pub struct Daemon {
+    child: std::process::Child,
+    name: String,
+    log: tempfile::NamedTempFile,
+}
+
+impl Daemon {
+    /// Starts `cmd` and waits until it listens on 127.0.0.1:`port`; panics with its output if
+    /// it exits or does not listen within [`WAIT`].
+    pub fn start(name: &str, cmd: &mut Command, port: u16) -> Daemon {
+        let log = tempfile::NamedTempFile::new().expect("log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.reopen().expect("log"))
+            .stderr(log.reopen().expect("log"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        let mut d = Daemon {
+            child,
+            name: name.to_owned(),
+            log,
+        };
+        let deadline = Instant::now() + WAIT;
+        while !crate::is_listening(port) {
+            if let Ok(Some(status)) = d.child.try_wait() {
+                panic!(
+                    "{name} exited ({status}) before listening on {port}:\n{}",
+                    d.output()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} does not listen on {port}:\n{}",
+                d.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        d
+    }
+
+    /// What it printed so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    /// Panics, with its output, if it has exited.
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("{} exited ({status}):\n{}", self.name, self.output());
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

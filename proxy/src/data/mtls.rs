@@ -210,7 +210,7 @@ fn check_resumed(
 pub enum Alpn {
     /// No ALPN: opaque TCP.
     None,
-    /// HTTP: a server offers `h2` and `http/1.1`, a client (sidecar to sidecar) `h2` alone.
+    /// HTTP: `h2` and `http/1.1`, in that order (a server prefers `h2` too).
     Http,
 }
 
@@ -271,7 +271,7 @@ pub async fn connect(
     let (generation, tls) = current(store)?;
     let config = match alpn {
         Alpn::None => tls.client.clone(),
-        Alpn::Http => tls.client_h2.clone(),
+        Alpn::Http => tls.client_http.clone(),
     };
     let server_name = ServerName::IpAddress(to.addr.ip().into());
     let connect = TlsConnector::from(config).connect(server_name, tcp);

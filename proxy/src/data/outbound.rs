@@ -31,12 +31,12 @@ use crate::audit::{ConnInfo, Direction, Kind};
 use crate::config::{Expect, OutboundConfig, OutboundDefault, OutboundModel, Protocol, Route};
 use crate::data::accept::{self, Caps, ConnGuard};
 use crate::data::live::Scope;
-use crate::data::mtls::{self, Alpn, Dial, MtlsError};
+use crate::data::mtls::{self, Alpn, Dial, MtlsError, PeerIdentity};
 use crate::data::sniff::{self, Detected};
 use crate::data::tcp;
 use crate::http::{self as h, Counted, PendingRecord, ServiceResult};
 use crate::metrics::ListenerMetrics;
-use crate::pools::PeerPool;
+use crate::pools::{PeerDial, PeerError, PeerPool, Speaks};
 use crate::state::Shared;
 
 /// One outbound listener, resolved from config.
@@ -126,15 +126,14 @@ impl Outbound {
         pools
             .entry((crate::data::shards::current(), addr))
             .or_insert_with(|| {
-                Arc::new(PeerPool::new(
+                let to = PeerDial {
                     addr,
-                    server_id.clone(),
-                    shared.store.clone(),
-                    shared.live.clone(),
-                    settings.connect_timeout,
-                    self.handshake_timeout,
-                    settings.max_connection_lifetime,
-                ))
+                    server_id: server_id.clone(),
+                    connect_timeout: settings.connect_timeout,
+                    handshake_timeout: self.handshake_timeout,
+                    max_lifetime: settings.max_connection_lifetime,
+                };
+                Arc::new(PeerPool::new(to, shared.store.clone(), shared.live.clone()))
             })
             .clone()
     }
@@ -270,6 +269,12 @@ async fn handle(
     }
     if detected != Detected::Opaque {
         let pool = ob.pool(addr, &expect.server_id, &shared).await;
+        // A server that chose no HTTP in ALPN (an opaque inbound) gets the app's bytes as they
+        // are, on a connection of their own.
+        if Box::pin(pool.learn()).await == Speaks::Opaque {
+            Box::pin(serve_tcp(app, addr, expect, ob, shared, info, started)).await;
+            return;
+        }
         // Boxed: the large HTTP connection state is allocated only for connections that get
         // this far, not carried by every task from its start.
         Box::pin(serve_http(
@@ -373,7 +378,8 @@ async fn serve_http(
     .await;
 }
 
-/// One request from the app, forwarded over the shared HTTP/2 connection to the peer.
+/// One request from the app, forwarded to the peer the way it speaks: over the shared HTTP/2
+/// connection, or a pooled HTTP/1.1 one.
 async fn request(
     ob: Arc<Outbound>,
     shared: Arc<Shared>,
@@ -386,10 +392,10 @@ async fn request(
     let authority = h::authority(&req);
     let method = req.method().as_str().to_owned();
     let path = req.uri().path().to_owned();
-    let record = |decision, reason: Cow<'static, str>, peer: Option<&crate::pools::PeerConn>| {
+    let record = |decision, reason: Cow<'static, str>, peer: Option<&PeerIdentity>| {
         let mut info = (*info).clone();
         if let Some(p) = peer {
-            p.peer.mark(&mut info);
+            p.mark(&mut info);
         }
         let mut r = info.decided(decision, Some(rule.clone()), reason);
         r.kind = Kind::Request;
@@ -401,14 +407,55 @@ async fn request(
     let bytes_in = Arc::new(AtomicU64::new(0));
     let pending = |r| PendingRecord::new(r, shared.clone(), ob.metrics.clone(), started, bytes_in.clone());
     let grpc = h::is_grpc(req.headers());
-    let conn = match pool.get().await {
-        Ok(c) => c,
+    let (mut parts, body) = req.into_parts();
+    h::strip_hop_by_hop(&mut parts.headers);
+    if let Err(name) = h::sanitize_underscores(&mut parts.headers, ob.spec.underscore_headers) {
+        let reason = format!("bad_header: {name} has an underscore (underscore_headers: reject)");
+        let r = record(Decision::Deny, reason.into(), None);
+        return Ok(pending(r).attach(h::text(
+            StatusCode::BAD_REQUEST,
+            "ward: header names with '_' are refused\n",
+        )));
+    }
+    let target = authority.clone().unwrap_or_else(|| info.dst.to_string());
+    let Some(uri) = h::absolute_uri(target, &path, &parts.uri) else {
+        let r = record(Decision::Deny, "bad_target: no valid request target".into(), None);
+        return Ok(pending(r).attach(h::text(StatusCode::BAD_REQUEST, "ward: bad request target\n")));
+    };
+    parts.uri = uri;
+    let req = Request::from_parts(parts, Counted::new(body, bytes_in.clone()));
+    // Made before the request goes out: a request cut in flight (the client gone, a drain
+    // timeout) is still recorded.
+    let mut pending = pending(record(Decision::Allow, "server_id_match".into(), None));
+    let mark = |pending: &mut PendingRecord, peer: Option<&PeerIdentity>| {
+        if let (Some(r), Some(p)) = (pending.record_mut(), peer) {
+            r.peer_id = Some(p.id_text.clone());
+            r.peer_serial = Some(p.serial.clone());
+        }
+    };
+    match pool.send(req).await {
+        Ok((mut resp, peer)) => {
+            h::strip_hop_by_hop(resp.headers_mut());
+            mark(&mut pending, peer.as_deref());
+            Ok(pending.attach(resp))
+        }
+        // The peer proved who it must be and took the request; it failed there.
+        Err(PeerError::Failed { detail, peer }) => {
+            tracing::warn!(listener = %ob.name, error = %detail, "request to the peer failed");
+            mark(&mut pending, peer.as_deref());
+            let message = format!(
+                "ward: the request to the upstream at {} failed: {detail}",
+                info.dst
+            );
+            Ok(pending.attach(h::unavailable(StatusCode::BAD_GATEWAY, message, grpc)))
+        }
         Err(e) => {
             // A server that proved the wrong identity is a bad gateway; one ward could not
             // reach or finish a handshake with is unavailable.
-            let status = match e {
-                crate::pools::PeerError::Mtls(MtlsError::ServerIdMismatch { .. }) => StatusCode::BAD_GATEWAY,
-                _ => StatusCode::SERVICE_UNAVAILABLE,
+            let status = if e.wrong_server() {
+                StatusCode::BAD_GATEWAY
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
             };
             tracing::warn!(listener = %ob.name, error = %e, "no connection to the peer");
             let message = format!(
@@ -416,41 +463,11 @@ async fn request(
                 info.dst,
                 e.label()
             );
-            let r = record(Decision::Deny, format!("{}: {e}", e.label()).into(), None);
-            return Ok(pending(r).attach(h::unavailable(status, message, grpc)));
-        }
-    };
-    let (mut parts, body) = req.into_parts();
-    h::strip_hop_by_hop(&mut parts.headers);
-    if let Err(name) = h::sanitize_underscores(&mut parts.headers, ob.spec.underscore_headers) {
-        let reason = format!("bad_header: {name} has an underscore (underscore_headers: reject)");
-        let r = record(Decision::Deny, reason.into(), Some(&conn));
-        return Ok(pending(r).attach(h::text(
-            StatusCode::BAD_REQUEST,
-            "ward: header names with '_' are refused\n",
-        )));
-    }
-    let pending = pending(record(Decision::Allow, "server_id_match".into(), Some(&conn)));
-    let target = authority.unwrap_or_else(|| info.dst.to_string());
-    let Some(uri) = h::absolute_uri(target, &path, &parts.uri) else {
-        return Ok(pending.attach(h::text(StatusCode::BAD_REQUEST, "ward: bad request target\n")));
-    };
-    parts.uri = uri;
-    parts.version = http::Version::HTTP_2;
-    // HTTP/2 carries the authority in `:authority`; a Host header beside it is redundant.
-    parts.headers.remove(http::header::HOST);
-    let mut send = conn.send;
-    let req = Request::from_parts(parts, Counted::new(body, bytes_in.clone()));
-    match send.send_request(req).await {
-        Ok(resp) => {
-            let mut resp = resp.map(crate::http::ResponseBody::upstream);
-            h::strip_hop_by_hop(resp.headers_mut());
-            Ok(pending.attach(resp))
-        }
-        Err(e) => {
-            tracing::warn!(listener = %ob.name, error = %e, "request to the peer failed");
-            let message = format!("ward: the request to the upstream at {} failed: {e}", info.dst);
-            Ok(pending.attach(h::unavailable(StatusCode::BAD_GATEWAY, message, grpc)))
+            if let Some(r) = pending.record_mut() {
+                r.decision = Decision::Deny;
+                r.reason = format!("{}: {e}", e.label()).into();
+            }
+            Ok(pending.attach(h::unavailable(status, message, grpc)))
         }
     }
 }

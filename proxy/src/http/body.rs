@@ -210,6 +210,12 @@ impl PendingRecord {
         }
     }
 
+    /// The record, to complete before the response is attached (who the peer proved to be,
+    /// once the request found a connection).
+    pub fn record_mut(&mut self) -> Option<&mut Record> {
+        self.record.as_mut()
+    }
+
     /// Puts the record in the response's body, which writes it when it ends.
     pub fn attach(mut self, mut resp: Response<ResponseBody>) -> Response<ResponseBody> {
         if let Some(r) = self.record.as_mut() {

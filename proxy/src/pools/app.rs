@@ -19,7 +19,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use crate::data::io::{DialError, dial};
+use crate::data::live::{Connections, Live, Scope};
+use crate::data::mtls::{self, Alpn, Dial, MtlsError, PeerIdentity};
 use crate::http::{Counted, ResponseBody};
+use ward_certs::CredentialStore;
+use ward_filters::Pattern;
 
 /// Request bodies ward forwards: the caller's, streamed, counting bytes.
 pub type InBody = Counted<Incoming>;
@@ -87,6 +91,9 @@ struct AppClients {
 pub enum AppError {
     #[error("connect to {0}; is the app up and listening there?")]
     Dial(#[from] DialError),
+    /// Calling a peer over mTLS (an HTTP/1.1 server in the mesh) failed.
+    #[error(transparent)]
+    Mtls(#[from] MtlsError),
     #[error("HTTP/1.1 with the app at {addr}: {source}")]
     Http1 {
         addr: SocketAddr,
@@ -129,7 +136,7 @@ impl AppClient {
             let resp = self.0.h2c.request(req).await.map_err(AppError::H2c)?;
             Ok(resp.map(ResponseBody::upstream))
         } else {
-            self.0.http1.send(req).await
+            Ok(self.0.http1.send(req).await?.0)
         }
     }
 }
@@ -143,8 +150,10 @@ impl AppClient {
 /// when the response body ends, and cost about a tenth of the inbound's instructions less per
 /// request (callgrind, keep-alive at 1 connection).
 #[derive(Debug)]
-struct Http1Pool {
+pub(crate) struct Http1Pool {
     addr: SocketAddr,
+    /// Plain TCP to the app, or mTLS to a peer.
+    dialer: Dialer,
     connect_timeout: Duration,
     /// How long an idle connection is kept (`APP_IDLE_TIMEOUT`).
     idle_timeout: Duration,
@@ -161,9 +170,37 @@ struct Idle {
     reap_at: Option<Instant>,
 }
 
+/// How a pool's connections are made.
+#[derive(Debug)]
+pub(crate) enum Dialer {
+    /// Plain TCP: the app behind an inbound listener.
+    App,
+    /// mTLS to a peer that chose HTTP/1.1 in ALPN (a server that is not a ward).
+    Mesh(Box<MeshDial>),
+}
+
+/// How a mesh pool calls its peer: the server must prove `server_id`; each connection is
+/// registered among the live connections.
+#[derive(Debug)]
+pub(crate) struct MeshDial {
+    pub server_id: Pattern,
+    pub store: Arc<CredentialStore>,
+    pub live: Arc<Connections>,
+    pub handshake_timeout: Duration,
+    pub max_lifetime: Option<Duration>,
+}
+
+/// An mTLS connection of a mesh pool: who the server proved to be, and its registry entry.
+#[derive(Debug)]
+pub(crate) struct MeshLink {
+    pub peer: Arc<PeerIdentity>,
+    live: Live,
+}
+
 #[derive(Debug)]
 struct IdleConn {
     tx: AppSender,
+    mesh: Option<Arc<MeshLink>>,
     since: Instant,
     /// When the pool stops handing it out: the idle timeout, or sooner if the app said so.
     until: Instant,
@@ -239,8 +276,18 @@ fn keep_for(headers: &http::HeaderMap, idle_timeout: Duration) -> Duration {
 
 impl Http1Pool {
     fn new(addr: SocketAddr, connect_timeout: Duration, idle_timeout: Duration) -> Arc<Self> {
+        Http1Pool::with_dialer(addr, Dialer::App, connect_timeout, idle_timeout)
+    }
+
+    pub(crate) fn with_dialer(
+        addr: SocketAddr,
+        dialer: Dialer,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Arc<Self> {
         Arc::new(Http1Pool {
             addr,
+            dialer,
             connect_timeout,
             idle_timeout,
             idle: std::sync::Mutex::default(),
@@ -248,17 +295,25 @@ impl Http1Pool {
         })
     }
 
-    async fn send(self: &Arc<Self>, req: Request<InBody>) -> Result<Response<ResponseBody>, AppError> {
+    /// Sends `req` (absolute URI) on a kept connection or a new one; the response, and who the
+    /// server proved to be when the pool calls a peer.
+    pub(crate) async fn send(
+        self: &Arc<Self>,
+        req: Request<InBody>,
+    ) -> Result<(Response<ResponseBody>, Option<Arc<PeerIdentity>>), AppError> {
         let mut req = origin_form(req).map(Either::Left);
         // Set once a copy was sent again: it is not sent a third time.
         let mut resent = None;
         loop {
             let taken = if resent.is_none() { self.take() } else { None };
-            let (mut tx, idle) = match taken {
-                Some((tx, idle)) => (tx, Some(idle)),
+            let (mut tx, mesh, idle) = match taken {
+                Some((tx, mesh, idle)) => (tx, mesh, Some(idle)),
                 // Boxed: a new connection is the rare case, and its future would otherwise
                 // make every request's future larger.
-                None => (Box::pin(self.connect()).await?, None),
+                None => {
+                    let (tx, mesh) = Box::pin(self.connect()).await?;
+                    (tx, mesh, None)
+                }
             };
             let copy = (resent.is_none()
                 && idle.is_some_and(|idle| idle >= APP_MAY_CLOSE_IDLE_AFTER)
@@ -269,15 +324,16 @@ impl Http1Pool {
                 Ok(resp) => {
                     let keep = keep_for(resp.headers(), self.idle_timeout);
                     let mut resp = resp.map(ResponseBody::upstream);
+                    let peer = mesh.as_ref().map(|m| m.peer.clone());
                     if resp.body().is_end_stream() {
                         // No body to wait for (HEAD, 204, 304, an empty one).
-                        self.put(tx, keep);
+                        self.put(tx, mesh, keep);
                     } else {
                         // Back to the pool when the response body has ended.
                         let pool = self.clone();
-                        resp.body_mut().on_end(Box::new(move || pool.put(tx, keep)));
+                        resp.body_mut().on_end(Box::new(move || pool.put(tx, mesh, keep)));
                     }
-                    return Ok(resp);
+                    return Ok((resp, peer));
                 }
                 Err(mut e) => match (e.take_message(), copy) {
                     // The app closed a pooled connection before the request went out on it:
@@ -316,7 +372,7 @@ impl Http1Pool {
 
     /// The most recently used idle connection that is still open and ready, and how long it
     /// was idle.
-    fn take(self: &Arc<Self>) -> Option<(AppSender, Duration)> {
+    fn take(self: &Arc<Self>) -> Option<(AppSender, Option<Arc<MeshLink>>, Duration)> {
         let mut idle = self.idle.lock().ok()?;
         loop {
             let mut conn = idle.conns.pop()?;
@@ -324,8 +380,15 @@ impl Http1Pool {
             if conn.tx.is_closed() || now >= conn.until {
                 continue;
             }
+            // A peer's connection after a bundle change, or close to an SVID's expiry.
+            if let (Some(m), Dialer::Mesh(dial)) = (&conn.mesh, &self.dialer)
+                && let Some(reason) = m.live.closing(&dial.store)
+            {
+                tracing::debug!(addr = %self.addr, %reason, "dropping a pooled HTTP/1.1 connection to the peer");
+                continue;
+            }
             if conn.tx.is_ready() {
-                return Some((conn.tx, now - conn.since));
+                return Some((conn.tx, conn.mesh, now - conn.since));
             }
             // Handed back when its response ended, a connection is ready at once, unless the
             // app answered before reading the whole request body and hyper is still sending
@@ -335,14 +398,15 @@ impl Http1Pool {
             tokio::spawn(async move {
                 let free = tokio::time::timeout_at(conn.until.into(), conn.tx.ready()).await;
                 if matches!(free, Ok(Ok(()))) {
-                    pool.put(conn.tx, conn.until.saturating_duration_since(Instant::now()));
+                    let keep = conn.until.saturating_duration_since(Instant::now());
+                    pool.put(conn.tx, conn.mesh, keep);
                 }
             });
         }
     }
 
     /// Keeps a connection whose response has ended, for the next request, for at most `keep`.
-    fn put(self: &Arc<Self>, tx: AppSender, keep: Duration) {
+    fn put(self: &Arc<Self>, tx: AppSender, mesh: Option<Arc<MeshLink>>, keep: Duration) {
         if tx.is_closed() || keep.is_zero() {
             return;
         }
@@ -355,7 +419,12 @@ impl Http1Pool {
         }
         let since = Instant::now();
         let until = since + keep;
-        idle.conns.push(IdleConn { tx, since, until });
+        idle.conns.push(IdleConn {
+            tx,
+            mesh,
+            since,
+            until,
+        });
         match idle.reap_at {
             // Outside a runtime (never in ward) there is no reaper; `take` skips expired ones.
             None => {
@@ -373,18 +442,75 @@ impl Http1Pool {
         }
     }
 
-    async fn connect(&self) -> Result<AppSender, AppError> {
+    async fn connect(&self) -> Result<(AppSender, Option<Arc<MeshLink>>), AppError> {
         let addr = self.addr;
-        let tcp = dial(addr, self.connect_timeout).await?;
-        let (tx, conn) = http1::handshake(TokioIo::new(tcp))
+        let Dialer::Mesh(mesh) = &self.dialer else {
+            let tcp = dial(addr, self.connect_timeout).await?;
+            let (tx, conn) = http1::handshake(TokioIo::new(tcp))
+                .await
+                .map_err(|source| AppError::Http1 { addr, source })?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(app = %addr, error = %e, "app connection ended with an error");
+                }
+            });
+            return Ok((tx, None));
+        };
+        let to = Dial {
+            addr,
+            server_id: &mesh.server_id,
+            connect_timeout: self.connect_timeout,
+            handshake_timeout: mesh.handshake_timeout,
+        };
+        let (stream, peer) = mtls::connect(to, Alpn::Http, &mesh.store).await?;
+        let (tx, link) = mesh.adopt(addr, stream, peer).await?;
+        Ok((tx, Some(link)))
+    }
+
+    /// How this pool calls a peer, when it does.
+    pub(crate) fn mesh(&self) -> Option<&MeshDial> {
+        match &self.dialer {
+            Dialer::Mesh(m) => Some(m),
+            Dialer::App => None,
+        }
+    }
+
+    /// Keeps a connection just made (by [`MeshDial::adopt`]) for the next request.
+    pub(crate) fn keep(self: &Arc<Self>, tx: AppSender, link: Arc<MeshLink>) {
+        self.put(tx, Some(link), self.idle_timeout);
+    }
+}
+
+impl MeshDial {
+    /// Speaks HTTP/1.1 over a new mTLS connection to the peer at `addr` (made by the pool, or
+    /// by the peer pool when it learned that the server chose HTTP/1.1), registered among
+    /// the live connections: its driver ends it when the registry says so.
+    pub(crate) async fn adopt<S>(
+        &self,
+        addr: SocketAddr,
+        stream: S,
+        peer: PeerIdentity,
+    ) -> Result<(AppSender, Arc<MeshLink>), AppError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (tx, conn) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|source| AppError::Http1 { addr, source })?;
+        let peer = Arc::new(peer);
+        let live = self
+            .live
+            .register(Some(peer.clone()), Scope::Bundles, self.max_lifetime, &self.store);
+        let closed = live.closed();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(app = %addr, error = %e, "app connection ended with an error");
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    tracing::debug!(%addr, error = %e, "peer HTTP/1.1 connection ended with an error");
+                },
+                reason = closed => tracing::info!(%addr, %reason, "closing an HTTP/1.1 connection to the peer"),
             }
         });
-        Ok(tx)
+        Ok((tx, Arc::new(MeshLink { peer, live })))
     }
 }
 
@@ -461,10 +587,10 @@ mod tests {
     async fn an_idle_app_connection_is_closed_after_the_idle_timeout() {
         let idle_timeout = Duration::from_millis(300);
         let (app, pool) = app_and_pool(idle_timeout).await;
-        let tx = pool.connect().await.unwrap();
+        let tx = pool.connect().await.unwrap().0;
         let (mut conn, _) = app.accept().await.unwrap();
         let kept = Instant::now();
-        pool.put(tx, idle_timeout);
+        pool.put(tx, None, idle_timeout);
         assert_eq!(pool.idle.lock().unwrap().conns.len(), 1);
         let mut byte = [0u8; 1];
         let read = tokio::time::timeout(Duration::from_secs(3), conn.read(&mut byte)).await;
@@ -482,15 +608,15 @@ mod tests {
     #[tokio::test]
     async fn a_connection_kept_briefly_is_closed_at_its_own_time() {
         let (app, pool) = app_and_pool(APP_IDLE_TIMEOUT).await;
-        let long = pool.connect().await.unwrap();
+        let long = pool.connect().await.unwrap().0;
         let (_long_conn, _) = app.accept().await.unwrap();
-        let brief = pool.connect().await.unwrap();
+        let brief = pool.connect().await.unwrap().0;
         let (mut brief_conn, _) = app.accept().await.unwrap();
-        pool.put(long, APP_IDLE_TIMEOUT);
+        pool.put(long, None, APP_IDLE_TIMEOUT);
         // Let the reaper start its sleep towards the long one's end.
         tokio::time::sleep(Duration::from_millis(50)).await;
         let kept = Instant::now();
-        pool.put(brief, Duration::from_millis(300));
+        pool.put(brief, None, Duration::from_millis(300));
         let mut byte = [0u8; 1];
         let read = tokio::time::timeout(Duration::from_secs(5), brief_conn.read(&mut byte)).await;
         assert!(matches!(read, Ok(Ok(0))), "the app saw {read:?}, not EOF");
@@ -587,9 +713,9 @@ mod tests {
     #[tokio::test]
     async fn a_connection_the_app_closed_is_not_taken() {
         let (app, pool) = app_and_pool(APP_IDLE_TIMEOUT).await;
-        let tx = pool.connect().await.unwrap();
+        let tx = pool.connect().await.unwrap().0;
         let (conn, _) = app.accept().await.unwrap();
-        pool.put(tx, APP_IDLE_TIMEOUT);
+        pool.put(tx, None, APP_IDLE_TIMEOUT);
         drop(conn);
         // Give the connection's task the moment it needs to read the EOF.
         tokio::time::sleep(Duration::from_millis(100)).await;

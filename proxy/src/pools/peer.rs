@@ -1,11 +1,18 @@
-//! The pool on the peer's side: one multiplexed HTTP/2 connection over mTLS to each peer
-//! sidecar, shared by every request of a worker shard to it, made again when it closes, is
-//! revoked or grows too old.
+//! The pool on the peer's side, one per destination and worker shard. What it speaks follows
+//! the server's ALPN answer (ward offers `h2`, then `http/1.1`):
+//! - `h2` (another ward, or any HTTP/2 server): one multiplexed HTTP/2 connection over mTLS,
+//!   shared by every request, made again when it closes, is revoked or is retired;
+//! - `http/1.1` (nginx, haproxy, Envoy or ghostunnel configured so): keep-alive HTTP/1.1
+//!   connections over mTLS, pooled like the app-side pool ([`Http1Pool`]);
+//! - nothing (a ward `tcp` inbound, any opaque mTLS server): [`Speaks::Opaque`], and the
+//!   outbound passes the app's bytes through on a connection of their own.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
+use http::Request;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::Mutex;
@@ -14,15 +21,14 @@ use ward_filters::Pattern;
 
 use crate::data::live::{Connections, Live, Scope};
 use crate::data::mtls::{self, Alpn, Dial, MtlsError, PeerIdentity};
-use crate::pools::app::InBody;
+use crate::http::ResponseBody;
+use crate::pools::app::{AppError, Dialer, Http1Pool, InBody, MeshDial};
 
-/// Why a peer connection could not be had.
+/// Why a request could not be had from a peer.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
     #[error(transparent)]
     Mtls(#[from] MtlsError),
-    #[error("{0} did not negotiate HTTP/2 (ALPN h2); is its inbound listener `protocol: http` or `auto`?")]
-    NoH2(SocketAddr),
     #[error("HTTP/2 with {addr}: {detail}")]
     H2 { addr: SocketAddr, detail: String },
     #[error("{addr} failed a moment ago ({detail}); not retrying yet")]
@@ -31,6 +37,18 @@ pub enum PeerError {
         label: &'static str,
         detail: Arc<String>,
     },
+    /// The server chose no HTTP protocol in ALPN (an opaque inbound): its connections carry
+    /// the app's bytes through instead.
+    #[error(
+        "{0} chose no HTTP protocol in ALPN (an opaque TCP server, such as a ward inbound with `protocol: tcp`)"
+    )]
+    Opaque(SocketAddr),
+    /// The request went out and failed there.
+    #[error("{detail}")]
+    Failed {
+        detail: String,
+        peer: Option<Arc<PeerIdentity>>,
+    },
 }
 
 impl PeerError {
@@ -38,24 +56,75 @@ impl PeerError {
     pub fn label(&self) -> &'static str {
         match self {
             PeerError::Mtls(e) => e.reason(),
-            PeerError::NoH2(_) => "no_h2",
             PeerError::H2 { .. } => "h2",
             PeerError::Recent { label, .. } => label,
+            PeerError::Opaque(_) => "opaque_upstream",
+            PeerError::Failed { .. } => "upstream_failed",
+        }
+    }
+
+    /// Whether the server proved the wrong identity (now, or at the failure remembered): a
+    /// bad gateway, where other failures leave the upstream unavailable.
+    pub fn wrong_server(&self) -> bool {
+        match self {
+            PeerError::Mtls(e) => matches!(e, MtlsError::ServerIdMismatch { .. }),
+            PeerError::Recent { label, .. } => *label == "server_id_mismatch",
+            _ => false,
+        }
+    }
+
+    fn from_http1(e: AppError, peer: Option<Arc<PeerIdentity>>) -> PeerError {
+        match e {
+            AppError::Mtls(e) => PeerError::Mtls(e),
+            e => PeerError::Failed {
+                detail: e.to_string(),
+                peer,
+            },
         }
     }
 }
 
-/// One live HTTP/2 connection to a peer sidecar and who the peer proved to be.
+/// What the server at a pool's address speaks, from its last ALPN answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Speaks {
+    /// No connection has been made yet.
+    Unknown,
+    H2,
+    Http1,
+    /// No ALPN: opaque TCP.
+    Opaque,
+}
+
+impl Speaks {
+    fn from_u8(v: u8) -> Speaks {
+        match v {
+            1 => Speaks::H2,
+            2 => Speaks::Http1,
+            3 => Speaks::Opaque,
+            _ => Speaks::Unknown,
+        }
+    }
+
+    fn as_u8(self) -> u8 {
+        match self {
+            Speaks::Unknown => 0,
+            Speaks::H2 => 1,
+            Speaks::Http1 => 2,
+            Speaks::Opaque => 3,
+        }
+    }
+}
+
+/// One live HTTP/2 connection to a peer and who the peer proved to be.
 #[derive(Clone)]
-pub struct PeerConn {
-    pub send: http2::SendRequest<InBody>,
-    pub peer: Arc<PeerIdentity>,
+struct PeerConn {
+    send: http2::SendRequest<InBody>,
+    peer: Arc<PeerIdentity>,
     /// Its entry among the live connections: says when it may take no more requests.
     live: Arc<Live>,
 }
 
-/// The multiplexed HTTP/2 connection to one peer sidecar; every request of an outbound
-/// listener shares it, and a new one is made when it closes.
+/// The connections to one peer of an outbound listener's worker shard.
 pub struct PeerPool {
     addr: SocketAddr,
     server_id: Pattern,
@@ -64,6 +133,10 @@ pub struct PeerPool {
     connect_timeout: Duration,
     handshake_timeout: Duration,
     current: Mutex<Option<PeerConn>>,
+    /// Keep-alive HTTP/1.1 connections, for a server that chose HTTP/1.1.
+    http1: Arc<Http1Pool>,
+    /// [`Speaks`], as learned from the last handshake.
+    speaks: AtomicU8,
     max_lifetime: Option<Duration>,
     last_used: std::sync::Mutex<std::time::Instant>,
     /// The last failed connect: requests queued behind it fail fast instead of each waiting
@@ -73,35 +146,54 @@ pub struct PeerPool {
 
 /// How long a failed connect is remembered.
 const FAIL_FAST: Duration = Duration::from_millis(500);
+/// How long an idle HTTP/1.1 connection to a peer is kept.
+const PEER_HTTP1_IDLE: Duration = Duration::from_secs(30);
 
 impl std::fmt::Debug for PeerPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PeerPool")
             .field("addr", &self.addr)
             .field("server_id", &self.server_id.as_str())
+            .field("speaks", &self.speaks())
             .finish_non_exhaustive()
     }
 }
 
+/// How a pool reaches its peer.
+#[derive(Debug, Clone)]
+pub struct PeerDial {
+    pub addr: SocketAddr,
+    pub server_id: Pattern,
+    pub connect_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub max_lifetime: Option<Duration>,
+}
+
 impl PeerPool {
-    pub fn new(
-        addr: SocketAddr,
-        server_id: Pattern,
-        store: Arc<CredentialStore>,
-        live: Arc<Connections>,
-        connect_timeout: Duration,
-        handshake_timeout: Duration,
-        max_lifetime: Option<Duration>,
-    ) -> Self {
+    pub fn new(to: PeerDial, store: Arc<CredentialStore>, live: Arc<Connections>) -> Self {
+        let mesh = MeshDial {
+            server_id: to.server_id.clone(),
+            store: store.clone(),
+            live: live.clone(),
+            handshake_timeout: to.handshake_timeout,
+            max_lifetime: to.max_lifetime,
+        };
         PeerPool {
-            addr,
-            server_id,
+            http1: Http1Pool::with_dialer(
+                to.addr,
+                Dialer::Mesh(Box::new(mesh)),
+                to.connect_timeout,
+                PEER_HTTP1_IDLE,
+            ),
+            addr: to.addr,
+            server_id: to.server_id,
             store,
             live,
-            connect_timeout,
-            handshake_timeout,
+            connect_timeout: to.connect_timeout,
+            handshake_timeout: to.handshake_timeout,
             current: Mutex::new(None),
-            max_lifetime,
+            speaks: AtomicU8::new(0),
+            max_lifetime: to.max_lifetime,
             last_used: std::sync::Mutex::new(std::time::Instant::now()),
             failed: std::sync::Mutex::new(None),
         }
@@ -118,6 +210,56 @@ impl PeerPool {
         self.last_used.lock().map(|u| u.elapsed()).unwrap_or_default()
     }
 
+    /// What the server speaks, as far as the pool knows.
+    pub fn speaks(&self) -> Speaks {
+        Speaks::from_u8(self.speaks.load(Ordering::Relaxed))
+    }
+
+    /// What the server speaks, connecting once to ask when nobody has yet. A failed connect
+    /// leaves it [`Speaks::Unknown`] (requests then get the failure).
+    pub async fn learn(&self) -> Speaks {
+        if self.speaks() == Speaks::Unknown {
+            let _ = self.h2().await;
+        }
+        self.speaks()
+    }
+
+    /// Sends one request (absolute URI) the way the server speaks; the response and who the
+    /// server proved to be.
+    pub async fn send(
+        &self,
+        mut req: Request<InBody>,
+    ) -> Result<(http::Response<ResponseBody>, Option<Arc<PeerIdentity>>), PeerError> {
+        self.touch();
+        if self.speaks() != Speaks::Http1 {
+            match self.h2().await {
+                Ok(conn) => {
+                    *req.version_mut() = http::Version::HTTP_2;
+                    // HTTP/2 carries the authority in `:authority`; a Host header beside it is
+                    // redundant.
+                    req.headers_mut().remove(http::header::HOST);
+                    let mut send = conn.send;
+                    return match send.send_request(req).await {
+                        Ok(resp) => Ok((resp.map(ResponseBody::upstream), Some(conn.peer))),
+                        Err(e) => Err(PeerError::Failed {
+                            detail: e.to_string(),
+                            peer: Some(conn.peer),
+                        }),
+                    };
+                }
+                // The server chose HTTP/1.1 this time: its connection is in the HTTP/1.1 pool.
+                Err(None) if self.speaks() == Speaks::Http1 => {}
+                Err(None) => return Err(PeerError::Opaque(self.addr)),
+                Err(Some(e)) => return Err(e),
+            }
+        }
+        *req.version_mut() = http::Version::HTTP_11;
+        self.http1
+            .send(req)
+            .await
+            .map_err(|e| PeerError::from_http1(e, None))
+    }
+
     fn recent_failure(&self) -> Option<PeerError> {
         let failed = self.failed.lock().ok()?;
         let (at, detail, label) = failed.as_ref()?;
@@ -128,16 +270,16 @@ impl PeerPool {
         })
     }
 
-    /// The live connection, or a new one. Concurrent callers wait for the same connect, so a
-    /// burst of requests opens one connection, not one each.
-    pub async fn get(&self) -> Result<PeerConn, PeerError> {
-        self.touch();
+    /// The live HTTP/2 connection, or a new one. Concurrent callers wait for the same connect,
+    /// so a burst of requests opens one connection, not one each. `Err(None)`: the server chose
+    /// another protocol ([`PeerPool::speaks`] says which).
+    async fn h2(&self) -> Result<PeerConn, Option<PeerError>> {
         let mut current = self.current.lock().await;
         if let Some(c) = current.as_ref()
             && !c.send.is_closed()
         {
-            // After an identity or bundle change its server's chain must still validate, and
-            // it must be younger than max_connection_lifetime.
+            // After an identity or bundle change its server's chain must still validate; it
+            // must be younger than max_connection_lifetime and not close to an SVID's expiry.
             match c.live.closing(&self.store) {
                 None => return Ok(c.clone()),
                 Some(reason) => {
@@ -149,25 +291,28 @@ impl PeerPool {
         // new ones go over a new connection.
         *current = None;
         if let Some(e) = self.recent_failure() {
-            return Err(e);
+            return Err(Some(e));
         }
         // Boxed: the handshake's state is large and rarely needed; inline it would be copied
         // with every request's future.
         match Box::pin(self.connect()).await {
-            Ok(conn) => {
+            Ok(Some(conn)) => {
                 *current = Some(conn.clone());
                 Ok(conn)
             }
+            Ok(None) => Err(None),
             Err(e) => {
                 if let Ok(mut failed) = self.failed.lock() {
                     *failed = Some((std::time::Instant::now(), Arc::new(e.to_string()), e.label()));
                 }
-                Err(e)
+                Err(Some(e))
             }
         }
     }
 
-    async fn connect(&self) -> Result<PeerConn, PeerError> {
+    /// A new mTLS connection, and by its ALPN answer what the server speaks: HTTP/2 (the
+    /// connection), HTTP/1.1 (the connection goes to the HTTP/1.1 pool) or nothing.
+    async fn connect(&self) -> Result<Option<PeerConn>, PeerError> {
         let addr = self.addr;
         let to = Dial {
             addr,
@@ -176,8 +321,27 @@ impl PeerPool {
             handshake_timeout: self.handshake_timeout,
         };
         let (stream, peer) = mtls::connect(to, Alpn::Http, &self.store).await?;
-        if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
-            return Err(PeerError::NoH2(addr));
+        let speaks = match stream.get_ref().1.alpn_protocol() {
+            Some(b"h2") => Speaks::H2,
+            Some(b"http/1.1") => Speaks::Http1,
+            _ => Speaks::Opaque,
+        };
+        if self.speaks.swap(speaks.as_u8(), Ordering::Relaxed) != speaks.as_u8() {
+            tracing::info!(%addr, ?speaks, "the peer's ALPN answer");
+        }
+        match speaks {
+            Speaks::H2 => {}
+            Speaks::Http1 => {
+                if let Some(mesh) = self.http1.mesh() {
+                    let (tx, link) = mesh
+                        .adopt(addr, stream, peer)
+                        .await
+                        .map_err(|e| PeerError::from_http1(e, None))?;
+                    self.http1.keep(tx, link);
+                }
+                return Ok(None);
+            }
+            Speaks::Opaque | Speaks::Unknown => return Ok(None),
         }
         let (send, driver) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -197,10 +361,10 @@ impl PeerPool {
         let live = self
             .live
             .register(Some(peer.clone()), Scope::Bundles, self.max_lifetime, &self.store);
-        Ok(PeerConn {
+        Ok(Some(PeerConn {
             send,
             peer,
             live: Arc::new(live),
-        })
+        }))
     }
 }

@@ -23,6 +23,7 @@ mod answers;
 mod app_pool;
 mod clients;
 mod detection;
+mod peers;
 mod policy;
 mod reuse;
 mod smuggling;
