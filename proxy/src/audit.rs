@@ -35,6 +35,9 @@ pub enum Kind {
     Access,
     /// One HTTP request: its policy decision, status, bytes and duration.
     Request,
+    /// An upgraded stream ended (WebSocket or another `Upgrade`, or HTTP/2 extended CONNECT):
+    /// its request, the bytes each way after the switch, its duration and how it ended.
+    Upgrade,
     /// ward could not do its part (no identity yet, an unreachable app, no original
     /// destination, a loop): a refusal that is not a policy decision.
     Error,
@@ -193,6 +196,7 @@ impl Record {
             Kind::Authz => b"authz",
             Kind::Access => b"access",
             Kind::Request => b"request",
+            Kind::Upgrade => b"upgrade",
             Kind::Error => b"error",
         });
         out.extend_from_slice(b"\",\"listener\":");
@@ -607,7 +611,7 @@ mod tests {
         fn record()(
             secs in 0u64..=253_402_300_799,
             nanos in 0u32..1_000_000_000,
-            kind in prop_oneof![Just(Kind::Handshake), Just(Kind::Authz), Just(Kind::Access), Just(Kind::Request), Just(Kind::Error)],
+            kind in prop_oneof![Just(Kind::Handshake), Just(Kind::Authz), Just(Kind::Access), Just(Kind::Request), Just(Kind::Upgrade), Just(Kind::Error)],
             inbound in any::<bool>(),
             allow in any::<bool>(),
             listener in arc_text(),

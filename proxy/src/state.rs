@@ -59,7 +59,7 @@ impl Shared {
                 self.metrics.handshake_failed(&r.listener, r.direction, label);
             }
             Kind::Authz | Kind::Request => self.metrics.decision(&r.listener, r.rule.as_ref(), r.decision),
-            Kind::Access | Kind::Error => {}
+            Kind::Access | Kind::Upgrade | Kind::Error => {}
         }
         self.audit.write(r);
     }

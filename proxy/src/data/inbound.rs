@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::time::{Duration, Instant};
 
-use http::{HeaderValue, Request, StatusCode};
+use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -28,11 +28,12 @@ use ward_filters::{Decision, Peer, normalize_target};
 use crate::audit::{ConnInfo, Direction, Kind};
 use crate::config::{AppProtocol, InboundConfig, Mtls, Protocol};
 use crate::data::accept::{self, Caps, ConnGuard, Pending, PendingGuard};
-use crate::data::live::Scope;
+use crate::data::live::{Scope, UpgradeRequest};
 use crate::data::mtls::{self, Alpn, MtlsError, PeerIdentity};
 use crate::data::sniff::{self, Detected};
 use crate::data::tcp;
-use crate::http::{self as h, Counted, HeaderView, PendingRecord, ServiceResult};
+use crate::http::upgrade::{ClientSide, Tunnel, Upgrade, tunnel};
+use crate::http::{self as h, Counted, HeaderView, PendingRecord, ResponseBody, ServiceResult};
 use crate::metrics::ListenerMetrics;
 use crate::pools::AppClient;
 use crate::state::Shared;
@@ -384,11 +385,17 @@ async fn request(
     ctx: Arc<PeerCtx>,
     target: Arc<Target>,
     app: AppClient,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> ServiceResult {
     let started = Instant::now();
     let authority = h::authority(&req);
-    let method = req.method().as_str().to_owned();
+    // An upgrade (WebSocket, extended CONNECT): its client side is taken now, and the policy
+    // sees it as the app will get it, an HTTP/1.1 `GET` with `Upgrade`.
+    let upgrade = Upgrade::of(&req).map(|up| (ClientSide::of(&mut req), up));
+    let method = match &upgrade {
+        Some((_, up)) if up.h2 => "GET".to_owned(),
+        _ => req.method().as_str().to_owned(),
+    };
     let raw_path = req.uri().path().to_owned();
     let bytes_in = Arc::new(AtomicU64::new(0));
     let pending = |r| PendingRecord::new(r, shared.clone(), ib.metrics.clone(), started, bytes_in.clone());
@@ -423,6 +430,9 @@ async fn request(
     if let Some(v) = &ctx.xfcc {
         parts.headers.insert(h::XFCC.clone(), v.clone());
     }
+    if let Some((_, up)) = &upgrade {
+        up.set_http1_headers(&mut parts.headers);
+    }
     let grpc = h::is_grpc(&parts.headers);
     let Some(policy) = shared.policy(&ib.name, target.port) else {
         let verdict = no_policy_verdict();
@@ -440,6 +450,37 @@ async fn request(
     let pending = pending(info.request(&verdict, &method, &path, authority.as_deref()));
     if verdict.decision == Decision::Deny {
         return Ok(pending.attach(h::denied(&verdict, grpc)));
+    }
+    if let Some((client, up)) = upgrade {
+        let host = authority.unwrap_or_else(|| target.forward.to_string());
+        let Some(uri) = h::absolute_uri(host.clone(), &path, &parts.uri) else {
+            return Ok(pending.attach(h::text(StatusCode::BAD_REQUEST, "ward: bad request target\n")));
+        };
+        parts.uri = uri;
+        let t = Tunnel {
+            shared: shared.clone(),
+            info: (*info).clone(),
+            metrics: ib.metrics.clone(),
+            method,
+            path,
+            authority: Some(host),
+        };
+        let scope = |request| Scope::Upgrade {
+            listener: ib.name.clone(),
+            port: target.port,
+            request,
+        };
+        let resp = Box::pin(upgrade_app(
+            parts,
+            up,
+            client,
+            t,
+            ctx.peer.clone(),
+            scope,
+            target.forward,
+        ))
+        .await;
+        return Ok(pending.attach(resp));
     }
 
     let h2 = match ib.spec.app_protocol {
@@ -470,6 +511,67 @@ async fn request(
             Ok(pending.attach(h::unavailable(StatusCode::BAD_GATEWAY, message, grpc)))
         }
     }
+}
+
+/// An allowed upgrade, to the app: HTTP/1.1 `Upgrade` on a connection of its own (never a
+/// pooled one). The app's 101 is answered to the client (101, or 200 to an extended CONNECT)
+/// and the tunnel starts; any other answer is relayed as it is.
+async fn upgrade_app(
+    mut parts: http::request::Parts,
+    up: Upgrade,
+    client: ClientSide,
+    t: Tunnel,
+    peer: Option<Arc<PeerIdentity>>,
+    scope: impl FnOnce(Arc<UpgradeRequest>) -> Scope,
+    app: SocketAddr,
+) -> Response<ResponseBody> {
+    parts.method = http::Method::GET;
+    parts.version = http::Version::HTTP_11;
+    // What the registry asks the policy again on a reload.
+    let request = Arc::new(UpgradeRequest {
+        method: t.method.clone(),
+        path: t.path.clone(),
+        headers: parts.headers.clone(),
+    });
+    let req = crate::pools::app::origin_form(Request::from_parts(
+        parts,
+        http_body_util::Empty::<bytes::Bytes>::new(),
+    ));
+    let shared = t.shared.clone();
+    let sent = async {
+        let tcp = crate::data::io::dial(app, shared.settings.load().connect_timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn.with_upgrades());
+        tx.send_request(req).await.map_err(|e| e.to_string())
+    };
+    let resp = match sent.await {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::warn!(app = %app, error = %e, "cannot reach the app for an upgrade");
+            let message = format!("ward: the app at {app} is unavailable: {e}");
+            return h::unavailable(StatusCode::BAD_GATEWAY, message, false);
+        }
+    };
+    if !Upgrade::switches(resp.status(), false) {
+        let mut resp = resp.map(ResponseBody::upstream);
+        h::strip_hop_by_hop(resp.headers_mut());
+        return resp;
+    }
+    let answer = up.switched(resp.headers());
+    let settings = shared.settings.load();
+    let live = shared.live.register(
+        peer,
+        scope(request),
+        settings.max_connection_lifetime,
+        &shared.store,
+    );
+    let closed = crate::data::io::OnWake::new(async move { live.closed().await });
+    tunnel(client, hyper::upgrade::on(resp), t, closed);
+    answer
 }
 
 fn no_policy_verdict() -> ward_filters::Verdict {

@@ -42,6 +42,21 @@ pub enum Scope {
     /// transparent): opaque TCP, admitted once. (HTTP asks the policy on every request: a
     /// reload never closes its connections, their next request gets the new answer.)
     Policy { listener: Arc<str>, port: Option<u16> },
+    /// An upgraded stream of an inbound listener (WebSocket, extended CONNECT): admitted once,
+    /// by its request's verdict, which a reload asks again.
+    Upgrade {
+        listener: Arc<str>,
+        port: Option<u16>,
+        request: Arc<UpgradeRequest>,
+    },
+}
+
+/// The request an upgraded stream was admitted by, as the policy saw it.
+#[derive(Debug)]
+pub struct UpgradeRequest {
+    pub method: String,
+    pub path: String,
+    pub headers: http::HeaderMap,
 }
 
 /// Why the registry looks at its connections again.
@@ -129,12 +144,37 @@ impl Entry {
     /// After a reload: an inbound connection's listener must still have a policy that admits
     /// its peer.
     fn still_admitted(&self, settings: &Settings) -> Result<(), String> {
-        let Scope::Policy { listener, port } = &self.scope else {
-            return Ok(());
-        };
         let peer = match &self.peer {
             Some(p) => Peer::Authenticated(p.id.as_str()),
             None => Peer::Unauthenticated,
+        };
+        let (listener, port) = match &self.scope {
+            Scope::Bundles => return Ok(()),
+            Scope::Policy { listener, port } => (listener, port),
+            Scope::Upgrade {
+                listener,
+                port,
+                request,
+            } => {
+                let Some((_, p)) = settings.policy_for(listener, *port) else {
+                    return Err(format!("revoked_policy: listener {listener:?} has no policy now"));
+                };
+                let verdict = p.evaluate_request(
+                    peer,
+                    &ward_filters::Request {
+                        method: &request.method,
+                        path: &request.path,
+                        headers: &crate::http::headers::HeaderView(&request.headers),
+                    },
+                );
+                return match verdict.decision {
+                    Decision::Allow => Ok(()),
+                    Decision::Deny => Err(format!(
+                        "revoked_policy: policy {:?} now denies this upgraded request",
+                        p.name()
+                    )),
+                };
+            }
         };
         match settings.policy_for(listener, *port) {
             None => Err(format!("revoked_policy: listener {listener:?} has no policy now")),

@@ -34,6 +34,7 @@ use crate::data::live::Scope;
 use crate::data::mtls::{self, Alpn, Dial, MtlsError, PeerIdentity};
 use crate::data::sniff::{self, Detected};
 use crate::data::tcp;
+use crate::http::upgrade::{ClientSide, Tunnel, Upgrade, tunnel};
 use crate::http::{self as h, Counted, PendingRecord, ServiceResult};
 use crate::metrics::ListenerMetrics;
 use crate::pools::{PeerDial, PeerError, PeerPool, Speaks};
@@ -386,11 +387,16 @@ async fn request(
     info: Arc<ConnInfo>,
     pool: Arc<PeerPool>,
     rule: Arc<str>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> ServiceResult {
     let started = Instant::now();
     let authority = h::authority(&req);
-    let method = req.method().as_str().to_owned();
+    // An upgrade (WebSocket, extended CONNECT from an h2c app): its client side is taken now.
+    let upgrade = Upgrade::of(&req).map(|up| (ClientSide::of(&mut req), up));
+    let method = match &upgrade {
+        Some((_, up)) if up.h2 => "GET".to_owned(),
+        _ => req.method().as_str().to_owned(),
+    };
     let path = req.uri().path().to_owned();
     let record = |decision, reason: Cow<'static, str>, peer: Option<&PeerIdentity>| {
         let mut info = (*info).clone();
@@ -423,6 +429,20 @@ async fn request(
         return Ok(pending(r).attach(h::text(StatusCode::BAD_REQUEST, "ward: bad request target\n")));
     };
     parts.uri = uri;
+    if let Some((client, up)) = upgrade {
+        up.set_http1_headers(&mut parts.headers);
+        let req = Request::from_parts(parts, Counted::new(body, bytes_in.clone()));
+        let r = record(Decision::Allow, "server_id_match".into(), None);
+        let t = Tunnel {
+            shared: shared.clone(),
+            info: (*info).clone(),
+            metrics: ob.metrics.clone(),
+            method,
+            path,
+            authority,
+        };
+        return Ok(Box::pin(upgrade_peer(&ob, &pool, req, up, client, t, pending(r))).await);
+    }
     let req = Request::from_parts(parts, Counted::new(body, bytes_in.clone()));
     // Made before the request goes out: a request cut in flight (the client gone, a drain
     // timeout) is still recorded.
@@ -470,4 +490,58 @@ async fn request(
             Ok(pending.attach(h::unavailable(status, message, grpc)))
         }
     }
+}
+
+/// An upgrade from the app, to the peer the way it speaks (extended CONNECT to a ward); the
+/// peer's switch is answered to the app (101, or 200 to an h2c app's extended CONNECT) and
+/// the tunnel starts, any other answer (a 403 of the peer's policy) is relayed as it is.
+async fn upgrade_peer(
+    ob: &Outbound,
+    pool: &PeerPool,
+    req: Request<crate::pools::InBody>,
+    up: Upgrade,
+    client: ClientSide,
+    mut t: Tunnel,
+    mut pending: PendingRecord,
+) -> http::Response<crate::http::ResponseBody> {
+    let (resp, peer, over_h2) = match pool.upgrade(req, &up.token).await {
+        Ok(answered) => answered,
+        Err(e) => {
+            tracing::warn!(listener = %ob.name, error = %e, "upgrade to the peer failed");
+            let status = if e.wrong_server() {
+                StatusCode::BAD_GATEWAY
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            let message = format!(
+                "ward: no upgrade to the upstream at {}: {}: {e}",
+                t.info.dst,
+                e.label()
+            );
+            if let Some(r) = pending.record_mut() {
+                r.decision = Decision::Deny;
+                r.reason = format!("{}: {e}", e.label()).into();
+            }
+            return pending.attach(h::unavailable(status, message, false));
+        }
+    };
+    if let Some(r) = pending.record_mut() {
+        r.peer_id = Some(peer.id_text.clone());
+        r.peer_serial = Some(peer.serial.clone());
+    }
+    peer.mark(&mut t.info);
+    if !Upgrade::switches(resp.status(), over_h2) {
+        let mut resp = resp.map(crate::http::ResponseBody::upstream);
+        h::strip_hop_by_hop(resp.headers_mut());
+        return pending.attach(resp);
+    }
+    let answer = up.switched(resp.headers());
+    let shared = t.shared.clone();
+    let lifetime = shared.settings.load().max_connection_lifetime;
+    let live = shared
+        .live
+        .register(Some(peer), Scope::Bundles, lifetime, &shared.store);
+    let closed = crate::data::io::OnWake::new(async move { live.closed().await });
+    tunnel(client, hyper::upgrade::on(resp), t, closed);
+    pending.attach(answer)
 }

@@ -29,20 +29,27 @@ pub async fn connect(addr: SocketAddr, shared: &Shared, info: &ConnInfo) -> Opti
     }
 }
 
+/// How a relay ended: `Ok` with the outcome, or `Err` with the reason it was closed (by
+/// [`crate::data::live`]); the bytes each way.
+pub struct Relayed {
+    pub outcome: Result<String, String>,
+    pub up: u64,
+    pub down: u64,
+}
+
 /// Copies both ways ([`crate::data::copy`]: buffers sized to the traffic, no allocation per
 /// read), honouring half-close: EOF on one side shuts down writing on the other, and the
 /// other direction goes on until it ends too. Ends early when the connection is idle for
-/// `idle_timeout` or when `closed` resolves (with the reason). Writes the access record (or
-/// the revocation) at the end.
-pub async fn pipe<A, B>(
+/// `idle_timeout` or when `closed` resolves (with the reason). Counts the bytes into the
+/// listener's metrics.
+pub async fn relay<A, B>(
     a: A,
     mut b: B,
     shared: &Shared,
-    info: &ConnInfo,
     metrics: &ListenerMetrics,
-    started: Instant,
     closed: OnWake<impl Future<Output = String>>,
-) where
+) -> Relayed
+where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
@@ -63,6 +70,23 @@ pub async fn pipe<A, B>(
     let (up, down) = (up.load(Ordering::Relaxed), down.load(Ordering::Relaxed));
     metrics.bytes_received.inc_by(up);
     metrics.bytes_sent.inc_by(down);
+    Relayed { outcome, up, down }
+}
+
+/// [`relay`], then the access record (or the revocation).
+pub async fn pipe<A, B>(
+    a: A,
+    b: B,
+    shared: &Shared,
+    info: &ConnInfo,
+    metrics: &ListenerMetrics,
+    started: Instant,
+    closed: OnWake<impl Future<Output = String>>,
+) where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let Relayed { outcome, up, down } = relay(a, b, shared, metrics, closed).await;
     match outcome {
         Ok(outcome) => shared.record(&info.access(&outcome, Some(up), Some(down), started.elapsed())),
         Err(reason) => {

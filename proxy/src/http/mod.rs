@@ -1,13 +1,14 @@
 //! HTTP forwarding, the same in both directions: headers and request targets ([`headers`]),
 //! ward's own answers ([`answer`]),
 //! bodies and the per-request record ([`body`]), serving a connection ([`serve`]) and parking
-//! an idle HTTP/1 one ([`park`]).
+//! an idle HTTP/1 one ([`park`]), and upgrades (WebSocket, extended CONNECT: [`upgrade`]).
 
 pub mod answer;
 pub mod body;
 pub mod headers;
 mod park;
 pub mod serve;
+pub mod upgrade;
 
 pub use answer::{denied, unavailable};
 pub use body::{Counted, PendingRecord, ResponseBody, ServiceResult, text};

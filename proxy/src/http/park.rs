@@ -47,6 +47,7 @@ use tokio::time::Instant;
 
 use crate::data::io::{ByteCount, OnWake};
 use crate::data::sniff::Rewind;
+use crate::http::upgrade::Handed;
 
 /// How long an HTTP/1 keep-alive connection stays quiet before it is parked. Parking and
 /// waking again cost a new hyper connection (two buffers, about a microsecond); a client
@@ -67,6 +68,8 @@ pub struct Parking {
 pub enum Ended {
     /// The client or hyper closed it.
     Closed,
+    /// It switched protocols: its socket went to a tunnel.
+    Upgraded,
     /// A parked connection had no request within `request_header_timeout`.
     IdleTimeout,
     /// hyper ended it with an error, or reading a parked connection's next bytes failed.
@@ -83,6 +86,7 @@ pub async fn serve<I, S, B, D, R>(
     builder: &http1::Builder,
     io: I,
     service: S,
+    handed: &Arc<std::sync::Mutex<Option<Handed>>>,
     parking: Parking,
     bytes: &ByteCount,
     draining: &mut bool,
@@ -125,6 +129,15 @@ where
                 // flushed, then the socket shut (`poll_without_shutdown` would hand the socket
                 // back with the end of a response still in hyper's buffer).
                 served = &mut *conn => {
+                    // hyper wrote a 101 and stopped: the socket (and what hyper read past the
+                    // request) goes to the tunnel waiting for it.
+                    let waiting = handed.lock().ok().and_then(|mut h| h.take()).filter(|tx| !tx.is_closed());
+                    if let (Ok(()), Some(tx)) = (&served, waiting) {
+                        let parts = (*conn).into_parts();
+                        let io = Rewind::new(parts.read_buf, parts.io.into_inner());
+                        let _ = tx.send(Box::new(io));
+                        return (Ended::Upgraded, parks);
+                    }
                     let ended = match served {
                         Ok(()) => Ended::Closed,
                         Err(e) => Ended::Failed(e.to_string()),
@@ -418,6 +431,7 @@ mod tests {
                 &b,
                 io,
                 service,
+                &Arc::default(),
                 parking,
                 &bytes,
                 &mut draining,

@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::audit::ConnInfo;
 use crate::data::io::OnWake;
 use crate::http::park;
+use crate::http::upgrade::{Handoff, Lending};
 use crate::metrics::ListenerMetrics;
 use crate::state::Shared;
 
@@ -82,6 +83,14 @@ pub async fn serve_connection<I, S, B>(
     match version {
         Version::H1 => {
             Box::pin(async move {
+                // Upgrades: hyper writes the 101, then this connection's socket is handed to
+                // the tunnel through `handed` (see `park`).
+                let handed = std::sync::Arc::new(std::sync::Mutex::new(None));
+                let handoff = Handoff::parked(handed.clone());
+                let service = Lending {
+                    inner: service,
+                    handoff: handoff.clone(),
+                };
                 let mut b = hyper::server::conn::http1::Builder::new();
                 b.timer(TokioTimer::new())
                     .header_read_timeout(settings.request_header_timeout);
@@ -96,6 +105,7 @@ pub async fn serve_connection<I, S, B>(
                     &b,
                     io,
                     service,
+                    &handed,
                     parking,
                     ctx.bytes,
                     &mut draining,
@@ -104,15 +114,25 @@ pub async fn serve_connection<I, S, B>(
                 )
                 .await;
                 ctx.h1_ended(ended, parks, draining, parking);
+                // The connection holds its place (under `max_connections`) while its tunnel runs.
+                handoff.tunnels_done().await;
             })
             .await;
         }
         Version::H2 => {
             Box::pin(async move {
                 let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-                b.timer(TokioTimer::new()).keep_alive_interval(H2_KEEPALIVE);
+                b.timer(TokioTimer::new())
+                    .keep_alive_interval(H2_KEEPALIVE)
+                    .enable_connect_protocol();
+                let handoff = Handoff::default();
+                let service = Lending {
+                    inner: service,
+                    handoff: handoff.clone(),
+                };
                 ctx.drive(b.serve_connection(TokioIo::new(io), service), revoke)
                     .await;
+                handoff.tunnels_done().await;
             })
             .await;
         }
@@ -124,9 +144,19 @@ pub async fn serve_connection<I, S, B>(
                     .header_read_timeout(settings.request_header_timeout);
                 b.http2()
                     .timer(TokioTimer::new())
-                    .keep_alive_interval(H2_KEEPALIVE);
-                ctx.drive(b.serve_connection(TokioIo::new(io), service), revoke)
-                    .await;
+                    .keep_alive_interval(H2_KEEPALIVE)
+                    .enable_connect_protocol();
+                let handoff = Handoff::default();
+                let service = Lending {
+                    inner: service,
+                    handoff: handoff.clone(),
+                };
+                ctx.drive(
+                    b.serve_connection_with_upgrades(TokioIo::new(io), service),
+                    revoke,
+                )
+                .await;
+                handoff.tunnels_done().await;
             })
             .await;
         }
@@ -187,6 +217,7 @@ impl Drive<'_> {
         let info = self.info;
         match ended {
             park::Ended::Closed => self.access(if draining { "drained" } else { "closed" }),
+            park::Ended::Upgraded => self.access("upgraded"),
             park::Ended::IdleTimeout => self.access(&format!(
                 "idle_timeout: no request within {:?}",
                 parking.idle_timeout

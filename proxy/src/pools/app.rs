@@ -545,7 +545,7 @@ async fn reap(pool: Weak<Http1Pool>, wake: Arc<tokio::sync::Notify>) {
 /// target or Host: the one the policy and the audit record saw (RFC 9112 section 3.2.2: a
 /// proxy replaces a Host that disagrees with the target). Userinfo and the default port 80
 /// are left out, as clients write Host.
-fn origin_form<B>(mut req: Request<B>) -> Request<B> {
+pub(crate) fn origin_form<B>(mut req: Request<B>) -> Request<B> {
     if let Some(a) = req.uri().authority() {
         let host = if a.as_str().contains('@') || a.port_u16() == Some(80) {
             match a.port_u16() {

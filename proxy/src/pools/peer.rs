@@ -260,6 +260,69 @@ impl PeerPool {
             .map_err(|e| PeerError::from_http1(e, None))
     }
 
+    /// Sends an upgrade request (absolute URI, HTTP/1.1 `Upgrade` headers set) the way the
+    /// server speaks: an extended CONNECT (RFC 8441) on the HTTP/2 connection, or HTTP/1.1
+    /// `Upgrade` on a connection of its own. The server's answer, who it proved to be, and
+    /// whether it came over HTTP/2 (where 200 means it switched).
+    pub async fn upgrade(
+        &self,
+        mut req: Request<InBody>,
+        token: &http::HeaderValue,
+    ) -> Result<(http::Response<hyper::body::Incoming>, Arc<PeerIdentity>, bool), PeerError> {
+        self.touch();
+        if self.speaks() != Speaks::Http1 {
+            match self.h2().await {
+                Ok(conn) => {
+                    // A server that does not take extended CONNECT (RFC 8441; a ward does)
+                    // resets the stream: the request fails.
+                    let mut send = conn.send;
+                    let protocol = token.to_str().unwrap_or_default();
+                    req.extensions_mut().insert(hyper::ext::Protocol::from(protocol));
+                    *req.method_mut() = http::Method::CONNECT;
+                    *req.version_mut() = http::Version::HTTP_2;
+                    for name in [
+                        http::header::HOST,
+                        http::header::CONNECTION,
+                        http::header::UPGRADE,
+                    ] {
+                        req.headers_mut().remove(name);
+                    }
+                    return match send.send_request(req).await {
+                        Ok(resp) => Ok((resp, conn.peer, true)),
+                        Err(e) => Err(PeerError::Failed {
+                            detail: e.to_string(),
+                            peer: Some(conn.peer),
+                        }),
+                    };
+                }
+                Err(None) if self.speaks() == Speaks::Http1 => {}
+                Err(None) => return Err(PeerError::Opaque(self.addr)),
+                Err(Some(e)) => return Err(e),
+            }
+        }
+        // An HTTP/1.1 server: the upgrade gets a connection of its own.
+        let to = Dial {
+            addr: self.addr,
+            server_id: &self.server_id,
+            connect_timeout: self.connect_timeout,
+            handshake_timeout: self.handshake_timeout,
+        };
+        let (stream, peer) = mtls::connect(to, Alpn::Http, &self.store).await?;
+        let peer = Arc::new(peer);
+        let failed = |e: hyper::Error| PeerError::Failed {
+            detail: e.to_string(),
+            peer: Some(peer.clone()),
+        };
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(failed)?;
+        tokio::spawn(conn.with_upgrades());
+        *req.version_mut() = http::Version::HTTP_11;
+        let req = crate::pools::app::origin_form(req);
+        let resp = tx.send_request(req).await.map_err(failed)?;
+        Ok((resp, peer, false))
+    }
+
     fn recent_failure(&self) -> Option<PeerError> {
         let failed = self.failed.lock().ok()?;
         let (at, detail, label) = failed.as_ref()?;

@@ -27,6 +27,7 @@ mod peers;
 mod policy;
 mod reuse;
 mod smuggling;
+mod websocket;
 mod workers;
 
 /// What one curl run got: the (last) response head and body, and `%{http_version}`.

@@ -3,7 +3,8 @@
 //! a client certificate and pin the client's URI SAN (nginx through njs, haproxy on the
 //! certificate's DER) answer through it: HTTP/1.1 over pooled keep-alive mTLS connections
 //! (whatever the app spoke, HTTP/1.1 or h2c); a server that chose no ALPN (haproxy without
-//! `alpn`, a ward `tcp` inbound) gets the app's bytes passed through.
+//! `alpn`, a ward `tcp` inbound) gets the app's bytes passed through; a WebSocket toward
+//! haproxy is an HTTP/1.1 upgrade on a connection of its own.
 
 use std::path::Path;
 
@@ -81,8 +82,8 @@ fn nginx(dir: &Path, port: u16, server: &SvidFiles) -> Daemon {
 }
 
 /// haproxy requiring a client SVID and pinning its URI SAN: one frontend that chooses ALPN
-/// `http/1.1`, one with no ALPN at all.
-fn haproxy(dir: &Path, alpn: u16, none: u16, server: &SvidFiles) -> Daemon {
+/// `http/1.1`, one with no ALPN at all, and one (`http/1.1`) in front of a WebSocket server.
+fn haproxy(dir: &Path, alpn: u16, none: u16, ws: (u16, u16), server: &SvidFiles) -> Daemon {
     let combined = dir.join("combined.pem");
     let pem = std::fs::read_to_string(&server.cert).unwrap() + &std::fs::read_to_string(&server.key).unwrap();
     std::fs::write(&combined, pem).unwrap();
@@ -97,9 +98,12 @@ fn haproxy(dir: &Path, alpn: u16, none: u16, server: &SvidFiles) -> Daemon {
     let conf = format!(
         "global\n  ssl-default-bind-options ssl-min-ver TLSv1.3\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
          frontend alpn\n{}  http-request return status 200 content-type text/plain lf-string \"haproxy alpn=%[ssl_fc_alpn] %[method] %[path]\\n\"\n\
-         frontend none\n{}  http-request return status 200 content-type text/plain lf-string \"haproxy alpn=%[ssl_fc_alpn] %[method] %[path]\\n\"\n",
+         frontend none\n{}  http-request return status 200 content-type text/plain lf-string \"haproxy alpn=%[ssl_fc_alpn] %[method] %[path]\\n\"\n\
+         frontend ws\n{}  timeout tunnel 30s\n  default_backend ws\nbackend ws\n  server py 127.0.0.1:{}\n",
         bind(alpn, " alpn http/1.1"),
         bind(none, ""),
+        bind(ws.0, " alpn http/1.1"),
+        ws.1,
     );
     let path = dir.join("haproxy.cfg");
     std::fs::write(&path, conf).unwrap();
@@ -123,7 +127,14 @@ fn outbound_speaks_http1_to_nginx_and_haproxy_and_passes_bytes_to_opaque_servers
     std::fs::create_dir_all(&dir).unwrap();
     let (ng, ha_alpn, ha_none) = (free_port(), free_port(), free_port());
     let mut nginx = nginx(&dir, ng, &ids.backend);
-    let mut haproxy = haproxy(&dir, ha_alpn, ha_none, &ids.backend);
+    let ws_app = free_port();
+    let _ws_server = Daemon::start(
+        "websockets server",
+        Command::new(super::websocket::python()).args(["-c", super::websocket::SERVER, &ws_app.to_string()]),
+        ws_app,
+    );
+    let ha_ws = free_port();
+    let mut haproxy = haproxy(&dir, ha_alpn, ha_none, (ha_ws, ws_app), &ids.backend);
     // A ward inbound with `protocol: tcp` in front of the echo app.
     let app = HttpApp::spawn();
     let tcp_in = free_port();
@@ -135,20 +146,21 @@ fn outbound_speaks_http1_to_nginx_and_haproxy_and_passes_bytes_to_opaque_servers
     );
     let raw = Ward::start(&body, &[tcp_in]);
 
-    let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
+    let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
     let listener = |name: &str, port: u16, to: u16, protocol: &str, id: &str| {
         format!(
             "  - {{name: {name}, listen: \"127.0.0.1:{port}\", forward: \"127.0.0.1:{to}\", protocol: {protocol}, server_id: \"{id}\"}}\n"
         )
     };
     let body = format!(
-        "{}outbound:\n{}{}{}{}{}",
+        "{}outbound:\n{}{}{}{}{}{}",
         identity_yaml(&ids.frontend, &[]),
         listener("nginx", ports[0], ng, "http", BACKEND),
         listener("nginx-wrong-id", ports[1], ng, "http", OTHER),
         listener("haproxy", ports[2], ha_alpn, "http", BACKEND),
         listener("haproxy-no-alpn", ports[3], ha_none, "auto", BACKEND),
         listener("ward-tcp", ports[4], tcp_in, "http", BACKEND),
+        listener("haproxy-ws", ports[5], ha_ws, "http", BACKEND),
     );
     let outbound = Ward::start(&body, &ports);
     let url = |port: u16, path: &str| format!("http://127.0.0.1:{port}{path}");
@@ -204,6 +216,10 @@ fn outbound_speaks_http1_to_nginx_and_haproxy_and_passes_bytes_to_opaque_servers
     raw.wait_record("the tcp inbound's allow", |r| {
         r["kind"] == "authz" && r["decision"] == "allow"
     });
+    // A WebSocket through haproxy (HTTP/1.1): the upgrade on an mTLS connection of its own.
+    let got = super::websocket::ws_client(&url(ports[5], "/via-haproxy").replace("http:", "ws:"), "echo");
+    assert_eq!(got["echoed"], 3, "{got}");
+    assert_eq!(got["hello"]["path"], "/via-haproxy", "{got}");
 
     // The outbound's records: per request for HTTP/1.1 peers, with the server's ID; a
     // connection record for each passed-through one.
