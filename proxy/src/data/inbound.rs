@@ -64,6 +64,9 @@ struct Target {
     protocol: Protocol,
     /// The app port, for a transparent listener's per-port policy.
     port: Option<u16>,
+    /// `auto` made TCP by `server_first_ports`: a peer that HTTP-only deny rules cover is
+    /// refused, as for opaque bytes `auto` saw.
+    server_first: bool,
 }
 
 /// The first byte of every TLS connection: a handshake record.
@@ -102,10 +105,12 @@ impl Inbound {
         let spec = &self.spec;
         if !spec.transparent {
             let forward = spec.forward.ok_or("no forward address")?;
+            let protocol = spec.protocol.for_port(forward.port(), &spec.server_first_ports);
             return Ok(Target {
                 dst: tcp.local_addr().map_err(|e| format!("local address: {e}"))?,
                 forward,
-                protocol: spec.protocol.for_port(forward.port(), &spec.server_first_ports),
+                server_first: protocol != spec.protocol,
+                protocol,
                 port: None,
             });
         }
@@ -120,12 +125,14 @@ impl Inbound {
         // The address the peer dialled (the pod's), not loopback: what the app bound to
         // 127.0.0.1 only stays the pod's own, unless a port or the listener says otherwise.
         let host = o.and_then(|o| o.app_host).or(spec.app_host).unwrap_or(dst.ip());
+        let configured = o.and_then(|o| o.protocol);
+        let protocol = configured.unwrap_or_else(|| spec.protocol.for_port(port, &spec.server_first_ports));
+        let server_first = configured.is_none() && protocol != spec.protocol;
         Ok(Target {
             dst,
             forward: SocketAddr::new(host, port),
-            protocol: o
-                .and_then(|o| o.protocol)
-                .unwrap_or_else(|| spec.protocol.for_port(port, &spec.server_first_ports)),
+            protocol,
+            server_first,
             port: Some(port),
         })
     }
@@ -320,7 +327,9 @@ where
         };
         // Bytes that are not HTTP on a listener that expected some: the policy's HTTP-only
         // deny rules cannot be applied to them, so a peer they cover is refused.
-        if target.protocol == Protocol::Auto && policy.denies_some_requests(ctx.peer()) {
+        if (target.protocol == Protocol::Auto || target.server_first)
+            && policy.denies_some_requests(ctx.peer())
+        {
             let reason =
                 "not_http: the peer's bytes are not HTTP, and HTTP-only deny rules cover it".to_owned();
             shared.record(&info.decided(Decision::Deny, None, reason));
@@ -391,7 +400,11 @@ async fn request(
     let authority = h::authority(&req);
     // An upgrade (WebSocket, extended CONNECT): its client side is taken now, and the policy
     // sees it as the app will get it, an HTTP/1.1 `GET` with `Upgrade`.
-    let upgrade = Upgrade::of(&req).map(|up| (ClientSide::of(&mut req), up));
+    let asked = Upgrade::of(&req);
+    let upgrade = match &asked {
+        Ok(Some(up)) => Some((ClientSide::of(&mut req), up.clone())),
+        _ => None,
+    };
     let method = match &upgrade {
         Some((_, up)) if up.h2 => "GET".to_owned(),
         _ => req.method().as_str().to_owned(),
@@ -408,6 +421,10 @@ async fn request(
         r.authority = authority;
         Ok(pending(r).attach(h::text(StatusCode::BAD_REQUEST, body)))
     };
+    if let Err(why) = asked {
+        let reason = format!("bad_upgrade: {why}");
+        return bad_request(reason, method, raw_path, authority, "ward: bad upgrade request\n");
+    }
     let path = match normalize_target(&method, &raw_path) {
         Ok(p) => p.into_owned(),
         Err(e) => {
@@ -433,7 +450,8 @@ async fn request(
     if let Some((_, up)) = &upgrade {
         up.set_http1_headers(&mut parts.headers);
     }
-    let grpc = h::is_grpc(&parts.headers);
+    // An upgrade is never answered as gRPC: a 200 to an extended CONNECT means it switched.
+    let grpc = upgrade.is_none() && h::is_grpc(&parts.headers);
     let Some(policy) = shared.policy(&ib.name, target.port) else {
         let verdict = no_policy_verdict();
         let r = info.request(&verdict, &method, &path, authority.as_deref());
@@ -538,6 +556,16 @@ async fn upgrade_app(
         http_body_util::Empty::<bytes::Bytes>::new(),
     ));
     let shared = t.shared.clone();
+    // Registered before the app is asked, and checked against the policy of now: a reload
+    // since the verdict, or while the app answers, is not missed.
+    let lifetime = shared.settings.load().max_connection_lifetime;
+    let live = shared
+        .live
+        .register(peer, scope(request), lifetime, &shared.store);
+    if let Some(reason) = live.recheck(&shared.settings.load()) {
+        tracing::info!(%reason, "an upgrade the reloaded policy denies");
+        return h::text(StatusCode::FORBIDDEN, "ward: access denied: the policy changed\n");
+    }
     let sent = async {
         let tcp = crate::data::io::dial(app, shared.settings.load().connect_timeout)
             .await
@@ -562,13 +590,6 @@ async fn upgrade_app(
         return resp;
     }
     let answer = up.switched(resp.headers());
-    let settings = shared.settings.load();
-    let live = shared.live.register(
-        peer,
-        scope(request),
-        settings.max_connection_lifetime,
-        &shared.store,
-    );
     let closed = crate::data::io::OnWake::new(async move { live.closed().await });
     tunnel(client, hyper::upgrade::on(resp), t, closed);
     answer

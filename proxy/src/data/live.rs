@@ -357,6 +357,15 @@ impl Live {
         None
     }
 
+    /// Asks the policy of now whether it still admits the connection, for one registered
+    /// after its policy was looked up (a reload in between would otherwise pass it by); closes
+    /// it, and says why, if not.
+    pub fn recheck(&self, settings: &Settings) -> Option<String> {
+        let reason = self.entry.still_admitted(settings).err()?;
+        self.entry.close(reason.clone());
+        Some(reason)
+    }
+
     /// Resolves with the reason once the connection must close. Boxed here (in [`OnWake`]):
     /// a connection's future keeps a pointer for its whole life, and polls it only when it
     /// was woken.

@@ -392,7 +392,11 @@ async fn request(
     let started = Instant::now();
     let authority = h::authority(&req);
     // An upgrade (WebSocket, extended CONNECT from an h2c app): its client side is taken now.
-    let upgrade = Upgrade::of(&req).map(|up| (ClientSide::of(&mut req), up));
+    let asked = Upgrade::of(&req);
+    let upgrade = match &asked {
+        Ok(Some(up)) => Some((ClientSide::of(&mut req), up.clone())),
+        _ => None,
+    };
     let method = match &upgrade {
         Some((_, up)) if up.h2 => "GET".to_owned(),
         _ => req.method().as_str().to_owned(),
@@ -412,9 +416,16 @@ async fn request(
     };
     let bytes_in = Arc::new(AtomicU64::new(0));
     let pending = |r| PendingRecord::new(r, shared.clone(), ob.metrics.clone(), started, bytes_in.clone());
-    let grpc = h::is_grpc(req.headers());
+    let grpc = upgrade.is_none() && h::is_grpc(req.headers());
+    if let Err(why) = asked {
+        let r = record(Decision::Deny, format!("bad_upgrade: {why}").into(), None);
+        return Ok(pending(r).attach(h::text(StatusCode::BAD_REQUEST, "ward: bad upgrade request\n")));
+    }
     let (mut parts, body) = req.into_parts();
     h::strip_hop_by_hop(&mut parts.headers);
+    // The app's own identity header never leaves: a ward on the other side replaces it, and a
+    // server that is not a ward must not take it for ward's.
+    parts.headers.remove(&h::XFCC);
     if let Err(name) = h::sanitize_underscores(&mut parts.headers, ob.spec.underscore_headers) {
         let reason = format!("bad_header: {name} has an underscore (underscore_headers: reject)");
         let r = record(Decision::Deny, reason.into(), None);

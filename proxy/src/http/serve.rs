@@ -86,11 +86,7 @@ pub async fn serve_connection<I, S, B>(
                 // Upgrades: hyper writes the 101, then this connection's socket is handed to
                 // the tunnel through `handed` (see `park`).
                 let handed = std::sync::Arc::new(std::sync::Mutex::new(None));
-                let handoff = Handoff::parked(handed.clone());
-                let service = Lending {
-                    inner: service,
-                    handoff: handoff.clone(),
-                };
+                let (service, handoff) = Lending::new(service, Handoff::parked(handed.clone()));
                 let mut b = hyper::server::conn::http1::Builder::new();
                 b.timer(TokioTimer::new())
                     .header_read_timeout(settings.request_header_timeout);
@@ -114,6 +110,11 @@ pub async fn serve_connection<I, S, B>(
                 )
                 .await;
                 ctx.h1_ended(ended, parks, draining, parking);
+                // A tunnel still waiting for a socket that never came (the connection was
+                // revoked or failed after its 101 was made) ends now.
+                if let Ok(mut waiting) = handed.lock() {
+                    waiting.take();
+                }
                 // The connection holds its place (under `max_connections`) while its tunnel runs.
                 handoff.tunnels_done().await;
             })
@@ -125,11 +126,7 @@ pub async fn serve_connection<I, S, B>(
                 b.timer(TokioTimer::new())
                     .keep_alive_interval(H2_KEEPALIVE)
                     .enable_connect_protocol();
-                let handoff = Handoff::default();
-                let service = Lending {
-                    inner: service,
-                    handoff: handoff.clone(),
-                };
+                let (service, handoff) = Lending::new(service, Handoff::default());
                 ctx.drive(b.serve_connection(TokioIo::new(io), service), revoke)
                     .await;
                 handoff.tunnels_done().await;
@@ -146,11 +143,7 @@ pub async fn serve_connection<I, S, B>(
                     .timer(TokioTimer::new())
                     .keep_alive_interval(H2_KEEPALIVE)
                     .enable_connect_protocol();
-                let handoff = Handoff::default();
-                let service = Lending {
-                    inner: service,
-                    handoff: handoff.clone(),
-                };
+                let (service, handoff) = Lending::new(service, Handoff::default());
                 ctx.drive(
                     b.serve_connection_with_upgrades(TokioIo::new(io), service),
                     revoke,

@@ -43,32 +43,51 @@ pub struct Upgrade {
 
 impl Upgrade {
     /// The upgrade `req` asks for, if any. An `Upgrade` header without `Connection: upgrade`
-    /// asks for none (the header is hop-by-hop and goes).
-    pub fn of<B>(req: &Request<B>) -> Option<Upgrade> {
-        if req.method() == Method::CONNECT {
-            let protocol = req.extensions().get::<hyper::ext::Protocol>()?;
-            let token = HeaderValue::from_str(protocol.as_str()).ok()?;
-            return Some(Upgrade { token, h2: true });
-        }
-        let token = req.headers().get(header::UPGRADE)?;
-        // `h2c` (or `h2`) would turn the rest of the connection into HTTP/2 requests no
-        // policy sees (h2c smuggling): never an upgrade, the header just goes.
-        let named = |t: &str| {
-            token
-                .to_str()
-                .map_or(true, |v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(t)))
+    /// asks for none (the header is hop-by-hop and goes), and so does HTTP/1.1 `Upgrade: h2c`
+    /// (clients such as curl offer it on any plain request; switching would carry HTTP/2
+    /// requests past the policy, h2c smuggling: the request is served as itself). `Err` names
+    /// an upgrade that is refused (400): one that is not a `GET`, a list of protocols, a
+    /// protocol that is not one token, or `h2c`/`h2` by extended CONNECT. The token is
+    /// lowercased, so the policy and the app see one spelling.
+    pub fn of<B>(req: &Request<B>) -> Result<Option<Upgrade>, &'static str> {
+        let (token, h2) = if req.method() == Method::CONNECT {
+            let Some(protocol) = req.extensions().get::<hyper::ext::Protocol>() else {
+                return Ok(None);
+            };
+            (protocol.as_str().as_bytes(), true)
+        } else {
+            let Some(token) = req.headers().get(header::UPGRADE) else {
+                return Ok(None);
+            };
+            let asks = req.headers().get_all(header::CONNECTION).iter().any(|v| {
+                v.to_str()
+                    .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+            });
+            if !asks || req.version() != http::Version::HTTP_11 {
+                return Ok(None);
+            }
+            let smuggles = token.as_bytes().split(|b| *b == b',').any(|t| {
+                t.trim_ascii().eq_ignore_ascii_case(b"h2c") || t.trim_ascii().eq_ignore_ascii_case(b"h2")
+            });
+            if smuggles {
+                return Ok(None);
+            }
+            if req.method() != Method::GET {
+                return Err("an upgrade must be a GET");
+            }
+            (token.as_bytes(), false)
         };
-        if named("h2c") || named("h2") {
-            return None;
+        // One token (RFC 9110 section 5.6.2), no list, no version suffix ambiguity.
+        let is_tchar = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~/".contains(b);
+        if token.is_empty() || !token.iter().all(is_tchar) {
+            return Err("the upgrade must name one protocol");
         }
-        let asks = req.headers().get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
-        });
-        (asks && req.version() == http::Version::HTTP_11).then(|| Upgrade {
-            token: token.clone(),
-            h2: false,
-        })
+        let lower = token.to_ascii_lowercase();
+        if lower == b"h2c" || lower == b"h2" {
+            return Err("h2c is not an upgrade ward carries");
+        }
+        let token = HeaderValue::from_bytes(&lower).map_err(|_| "the upgrade must name one protocol")?;
+        Ok(Some(Upgrade { token, h2 }))
     }
 
     /// Whether it is a WebSocket.
@@ -195,6 +214,17 @@ pub struct Lending<S> {
     pub handoff: Handoff,
 }
 
+impl<S> Lending<S> {
+    /// `inner` lending `handoff`, and the handoff, to wait on its tunnels.
+    pub fn new(inner: S, handoff: Handoff) -> (Lending<S>, Handoff) {
+        let lending = Lending {
+            inner,
+            handoff: handoff.clone(),
+        };
+        (lending, handoff)
+    }
+}
+
 impl<S, B> hyper::service::Service<Request<B>> for Lending<S>
 where
     S: hyper::service::Service<Request<B>>,
@@ -319,10 +349,11 @@ mod tests {
             for (n, v) in headers {
                 b = b.header(*n, *v);
             }
-            Upgrade::of(&b.body(()).unwrap())
+            Upgrade::of(&b.body(()).unwrap()).unwrap()
         };
-        let up = h1(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")]).unwrap();
+        let up = h1(&[("connection", "keep-alive, Upgrade"), ("upgrade", "WebSocket")]).unwrap();
         assert!(up.is_websocket() && !up.h2);
+        assert_eq!(up.token, "websocket", "one spelling");
         assert!(
             h1(&[("upgrade", "websocket")]).is_none(),
             "no Connection: upgrade"
@@ -334,11 +365,39 @@ mod tests {
                 "{smuggle}"
             );
         }
-        let mut req = Request::connect("/ws").body(()).unwrap();
-        assert!(Upgrade::of(&req).is_none(), "plain CONNECT");
-        req.extensions_mut()
-            .insert(hyper::ext::Protocol::from_static("websocket"));
-        let up = Upgrade::of(&req).unwrap();
+        let refused = |method: &str, upgrade: &str| {
+            let req = Request::builder()
+                .method(method)
+                .uri("/ws")
+                .header("connection", "upgrade")
+                .header("upgrade", upgrade)
+                .body(())
+                .unwrap();
+            Upgrade::of(&req).unwrap_err()
+        };
+        assert_eq!(refused("POST", "websocket"), "an upgrade must be a GET");
+        assert_eq!(
+            refused("GET", "websocket, foo"),
+            "the upgrade must name one protocol"
+        );
+        assert_eq!(refused("GET", "web socket"), "the upgrade must name one protocol");
+        let connect = |protocol: &'static str| {
+            let mut req = Request::connect("/ws").body(()).unwrap();
+            req.extensions_mut()
+                .insert(hyper::ext::Protocol::from_static(protocol));
+            Upgrade::of(&req)
+        };
+        assert!(
+            Upgrade::of(&Request::connect("/ws").body(()).unwrap())
+                .unwrap()
+                .is_none(),
+            "plain CONNECT"
+        );
+        assert!(
+            connect("h2c").is_err() && connect("H2").is_err(),
+            "h2c by extended CONNECT"
+        );
+        let up = connect("websocket").unwrap().unwrap();
         assert!(up.h2 && up.is_websocket());
         // From HTTP/2, the HTTP/1.1 request gets the upgrade headers and a fresh key.
         let mut headers = HeaderMap::new();

@@ -94,6 +94,9 @@ pub enum AppError {
     /// Calling a peer over mTLS (an HTTP/1.1 server in the mesh) failed.
     #[error(transparent)]
     Mtls(#[from] MtlsError),
+    /// A peer that chose HTTP/1.1 before chose something else on a new connection.
+    #[error("{addr} no longer chose HTTP/1.1 in ALPN")]
+    NotHttp1 { addr: SocketAddr },
     #[error("HTTP/1.1 with the app at {addr}: {source}")]
     Http1 {
         addr: SocketAddr,
@@ -463,6 +466,9 @@ impl Http1Pool {
             handshake_timeout: mesh.handshake_timeout,
         };
         let (stream, peer) = mtls::connect(to, Alpn::Http, &mesh.store).await?;
+        if stream.get_ref().1.alpn_protocol() != Some(b"http/1.1") {
+            return Err(AppError::NotHttp1 { addr });
+        }
         let (tx, link) = mesh.adopt(addr, stream, peer).await?;
         Ok((tx, Some(link)))
     }

@@ -224,6 +224,35 @@ impl PeerPool {
         self.speaks()
     }
 
+    /// The HTTP/2 connection when the server speaks HTTP/2, `None` when it chose HTTP/1.1.
+    async fn h2_unless_http1(&self) -> Result<Option<PeerConn>, PeerError> {
+        if self.speaks() == Speaks::Http1 {
+            return Ok(None);
+        }
+        match self.h2().await {
+            Ok(conn) => Ok(Some(conn)),
+            // The server chose HTTP/1.1 this time: its connection is in the HTTP/1.1 pool.
+            Err(None) if self.speaks() == Speaks::Http1 => Ok(None),
+            Err(None) => Err(PeerError::Opaque(self.addr)),
+            Err(Some(e)) => Err(e),
+        }
+    }
+
+    /// Sends `req` on the HTTP/2 connection; the response and who the server proved to be.
+    async fn send_h2(
+        conn: PeerConn,
+        req: Request<InBody>,
+    ) -> Result<(http::Response<hyper::body::Incoming>, Arc<PeerIdentity>), PeerError> {
+        let mut send = conn.send;
+        match send.send_request(req).await {
+            Ok(resp) => Ok((resp, conn.peer)),
+            Err(e) => Err(PeerError::Failed {
+                detail: e.to_string(),
+                peer: Some(conn.peer),
+            }),
+        }
+    }
+
     /// Sends one request (absolute URI) the way the server speaks; the response and who the
     /// server proved to be.
     pub async fn send(
@@ -231,33 +260,22 @@ impl PeerPool {
         mut req: Request<InBody>,
     ) -> Result<(http::Response<ResponseBody>, Option<Arc<PeerIdentity>>), PeerError> {
         self.touch();
-        if self.speaks() != Speaks::Http1 {
-            match self.h2().await {
-                Ok(conn) => {
-                    *req.version_mut() = http::Version::HTTP_2;
-                    // HTTP/2 carries the authority in `:authority`; a Host header beside it is
-                    // redundant.
-                    req.headers_mut().remove(http::header::HOST);
-                    let mut send = conn.send;
-                    return match send.send_request(req).await {
-                        Ok(resp) => Ok((resp.map(ResponseBody::upstream), Some(conn.peer))),
-                        Err(e) => Err(PeerError::Failed {
-                            detail: e.to_string(),
-                            peer: Some(conn.peer),
-                        }),
-                    };
-                }
-                // The server chose HTTP/1.1 this time: its connection is in the HTTP/1.1 pool.
-                Err(None) if self.speaks() == Speaks::Http1 => {}
-                Err(None) => return Err(PeerError::Opaque(self.addr)),
-                Err(Some(e)) => return Err(e),
-            }
+        if let Some(conn) = self.h2_unless_http1().await? {
+            *req.version_mut() = http::Version::HTTP_2;
+            // HTTP/2 carries the authority in `:authority`; a Host header beside it is
+            // redundant.
+            req.headers_mut().remove(http::header::HOST);
+            let (resp, peer) = Self::send_h2(conn, req).await?;
+            return Ok((resp.map(ResponseBody::upstream), Some(peer)));
         }
         *req.version_mut() = http::Version::HTTP_11;
-        self.http1
-            .send(req)
-            .await
-            .map_err(|e| PeerError::from_http1(e, None))
+        self.http1.send(req).await.map_err(|e| {
+            if matches!(e, AppError::NotHttp1 { .. }) {
+                // The server changed what it speaks: the next request learns it again.
+                self.speaks.store(Speaks::Unknown.as_u8(), Ordering::Relaxed);
+            }
+            PeerError::from_http1(e, None)
+        })
     }
 
     /// Sends an upgrade request (absolute URI, HTTP/1.1 `Upgrade` headers set) the way the
@@ -270,35 +288,22 @@ impl PeerPool {
         token: &http::HeaderValue,
     ) -> Result<(http::Response<hyper::body::Incoming>, Arc<PeerIdentity>, bool), PeerError> {
         self.touch();
-        if self.speaks() != Speaks::Http1 {
-            match self.h2().await {
-                Ok(conn) => {
-                    // A server that does not take extended CONNECT (RFC 8441; a ward does)
-                    // resets the stream: the request fails.
-                    let mut send = conn.send;
-                    let protocol = token.to_str().unwrap_or_default();
-                    req.extensions_mut().insert(hyper::ext::Protocol::from(protocol));
-                    *req.method_mut() = http::Method::CONNECT;
-                    *req.version_mut() = http::Version::HTTP_2;
-                    for name in [
-                        http::header::HOST,
-                        http::header::CONNECTION,
-                        http::header::UPGRADE,
-                    ] {
-                        req.headers_mut().remove(name);
-                    }
-                    return match send.send_request(req).await {
-                        Ok(resp) => Ok((resp, conn.peer, true)),
-                        Err(e) => Err(PeerError::Failed {
-                            detail: e.to_string(),
-                            peer: Some(conn.peer),
-                        }),
-                    };
-                }
-                Err(None) if self.speaks() == Speaks::Http1 => {}
-                Err(None) => return Err(PeerError::Opaque(self.addr)),
-                Err(Some(e)) => return Err(e),
+        if let Some(conn) = self.h2_unless_http1().await? {
+            // A server that does not take extended CONNECT (RFC 8441; a ward does) resets the
+            // stream: the request fails.
+            let protocol = token.to_str().unwrap_or_default();
+            req.extensions_mut().insert(hyper::ext::Protocol::from(protocol));
+            *req.method_mut() = http::Method::CONNECT;
+            *req.version_mut() = http::Version::HTTP_2;
+            for name in [
+                http::header::HOST,
+                http::header::CONNECTION,
+                http::header::UPGRADE,
+            ] {
+                req.headers_mut().remove(name);
             }
+            let (resp, peer) = Self::send_h2(conn, req).await?;
+            return Ok((resp, peer, true));
         }
         // An HTTP/1.1 server: the upgrade gets a connection of its own.
         let to = Dial {
@@ -308,6 +313,14 @@ impl PeerPool {
             handshake_timeout: self.handshake_timeout,
         };
         let (stream, peer) = mtls::connect(to, Alpn::Http, &self.store).await?;
+        if stream.get_ref().1.alpn_protocol() != Some(b"http/1.1") {
+            // The server changed what it speaks: the next request learns it again.
+            self.speaks.store(Speaks::Unknown.as_u8(), Ordering::Relaxed);
+            return Err(PeerError::Failed {
+                detail: format!("{} no longer chose HTTP/1.1 in ALPN", self.addr),
+                peer: Some(Arc::new(peer)),
+            });
+        }
         let peer = Arc::new(peer);
         let failed = |e: hyper::Error| PeerError::Failed {
             detail: e.to_string(),
@@ -317,6 +330,8 @@ impl PeerPool {
             .await
             .map_err(failed)?;
         tokio::spawn(conn.with_upgrades());
+        // An h2c app's extended CONNECT is a GET with `Upgrade` in HTTP/1.1.
+        *req.method_mut() = http::Method::GET;
         *req.version_mut() = http::Version::HTTP_11;
         let req = crate::pools::app::origin_form(req);
         let resp = tx.send_request(req).await.map_err(failed)?;

@@ -76,5 +76,33 @@ fn each_answer_a_caller_can_get_says_what_happened() {
             assert!(got.body.contains(&says), "{got:?}");
         }
     }
+
+    // Upgrades ward refuses, and one it serves as a plain request: a POST upgrade and a list of
+    // protocols are 400; curl's `Upgrade: h2c` offer on plain HTTP is dropped, never switched.
+    let raw = |req: &str| {
+        let mut s = std::net::TcpStream::connect(local(pair.out_ports[0])).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        std::io::Write::write_all(&mut s, req.as_bytes()).unwrap();
+        read_response(&mut s).unwrap()
+    };
+    for bad in [
+        "POST /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\nContent-Length: 0\r\n\r\n",
+        "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket, foo\r\n\r\n",
+    ] {
+        let r = raw(bad);
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (400, "ward: bad upgrade request\n"),
+            "{bad}"
+        );
+    }
+    let got = curl(&[
+        "--http2",
+        &format!("http://127.0.0.1:{}/no-h2c", pair.out_ports[0]),
+    ]);
+    assert_eq!((got.status, got.version.as_str()), (200, "1.1"), "{got:?}");
+    let echo = got.echo();
+    assert!(echo["headers"].get("upgrade").is_none(), "{echo}");
+    assert!(echo["headers"].get("http2-settings").is_none(), "{echo}");
     pair.outbound.assert_no_panic();
 }

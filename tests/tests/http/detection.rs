@@ -252,10 +252,10 @@ fn server_first_ports_are_tcp_on_auto_without_waiting() {
         }
     });
     let detect = Duration::from_secs(3);
-    let run_pair = |inbound_list: &str, outbound_list: &str| {
+    let run_pair_with = |inbound_list: &str, outbound_list: &str, rules: &str| {
         let (inp, outp) = (free_port(), free_port());
         let body = format!(
-            "{}detect_timeout: 3s\ninbound:\n  - {{name: kv, listen: \"127.0.0.1:{inp}\", forward: \"{app_addr}\", policy: kv{inbound_list}}}\npolicies:\n  kv:\n    default: deny\n    rules:\n{}",
+            "{}detect_timeout: 3s\ninbound:\n  - {{name: kv, listen: \"127.0.0.1:{inp}\", forward: \"{app_addr}\", policy: kv{inbound_list}}}\npolicies:\n  kv:\n    default: deny\n    rules:\n{rules}{}",
             identity_yaml(&ids.backend, &[]),
             allow_frontend()
         );
@@ -268,6 +268,7 @@ fn server_first_ports_are_tcp_on_auto_without_waiting() {
         let outbound = Ward::start(&body, &[outp]);
         (inbound, outbound, outp)
     };
+    let run_pair = |inbound_list: &str, outbound_list: &str| run_pair_with(inbound_list, outbound_list, "");
     let banner_after = |port: u16| {
         use std::io::Read;
         let started = std::time::Instant::now();
@@ -297,6 +298,23 @@ fn server_first_ports_are_tcp_on_auto_without_waiting() {
     s.set_read_timeout(Some(WAIT)).unwrap();
     std::io::Read::read_exact(&mut s, &mut buf).unwrap();
     assert_eq!(&buf, b"+OK banner\r\n");
+
+    // An HTTP-only deny rule that covers the peer cannot be applied to opaque bytes: a peer it
+    // covers is refused on a server-first port, as for opaque bytes `auto` saw.
+    let (inbound, _outbound, port) = run_pair_with(
+        "",
+        ", server_first_ports: [IN]",
+        "      - {name: no-admin, action: deny, paths: [\"/admin/**\"]}\n",
+    );
+    let mut s = std::net::TcpStream::connect(local(port)).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut buf = [0u8; 12];
+    assert!(
+        std::io::Read::read_exact(&mut s, &mut buf).is_err(),
+        "the banner came through"
+    );
+    let r = inbound.wait_record("the refusal", |r| r["decision"] == "deny");
+    assert!(r["reason"].as_str().unwrap().starts_with("not_http"), "{r}");
 
     // `ward check --effective` shows the list a listener gets.
     let path = ids.pki.dir.path().join("server-first.yaml");

@@ -201,6 +201,47 @@ fn websockets_cross_a_ward_pair_under_policy_with_records() {
     pair.outbound.assert_no_panic();
 }
 
+/// A WebSocket server behind an inbound sidecar (its policy: `rules`, then the frontend
+/// allowed) and an outbound for `client`: the server, the inbound, its config for `rules`
+/// (to rewrite), the outbound and its port.
+struct WsPair {
+    _server: Daemon,
+    inbound: Ward,
+    config: Box<dyn Fn(&str) -> String>,
+    _outbound: Ward,
+    port: u16,
+}
+
+fn ws_pair(ids: &Ids, client: &SvidFiles, rules: &str) -> WsPair {
+    let ws_port = free_port();
+    let server = Daemon::start(
+        "websockets server",
+        Command::new(python()).args(["-c", SERVER, &ws_port.to_string()]),
+        ws_port,
+    );
+    let (inp, outp) = (free_port(), free_port());
+    let identity = identity_yaml(&ids.backend, &[]);
+    let config = move |rules: &str| {
+        format!(
+            "{identity}inbound:\n  - {{name: ws, listen: \"127.0.0.1:{inp}\", forward: \"127.0.0.1:{ws_port}\", protocol: http, policy: ws}}\npolicies:\n  ws:\n    default: deny\n    rules:\n{rules}{}",
+            allow_frontend()
+        )
+    };
+    let inbound = Ward::start(&config(rules), &[inp]);
+    let body = format!(
+        "{}outbound:\n  - {{name: ws, listen: \"127.0.0.1:{outp}\", forward: \"127.0.0.1:{inp}\", protocol: http, server_id: \"{BACKEND}\"}}\n",
+        identity_yaml(client, &[]),
+    );
+    let outbound = Ward::start(&body, &[outp]);
+    WsPair {
+        _server: server,
+        inbound,
+        config: Box::new(config),
+        _outbound: outbound,
+        port: outp,
+    }
+}
+
 /// A WebSocket whose client sidecar's SVID expires mid-stream is closed then, with the reason.
 #[test]
 fn a_websocket_is_closed_when_the_callers_svid_expires() {
@@ -211,24 +252,8 @@ fn a_websocket_is_closed_when_the_callers_svid_expires() {
         time::Duration::minutes(-1),
         time::Duration::seconds(4),
     );
-    let ws_port = free_port();
-    let _server = Daemon::start(
-        "websockets server",
-        Command::new(python()).args(["-c", SERVER, &ws_port.to_string()]),
-        ws_port,
-    );
-    let (inp, outp) = (free_port(), free_port());
-    let body = format!(
-        "{}inbound:\n  - {{name: ws, listen: \"127.0.0.1:{inp}\", forward: \"127.0.0.1:{ws_port}\", protocol: http, policy: ws}}\npolicies:\n  ws:\n    default: deny\n    rules:\n{}",
-        identity_yaml(&ids.backend, &[]),
-        allow_frontend()
-    );
-    let inbound = Ward::start(&body, &[inp]);
-    let body = format!(
-        "{}outbound:\n  - {{name: ws, listen: \"127.0.0.1:{outp}\", forward: \"127.0.0.1:{inp}\", protocol: http, server_id: \"{BACKEND}\"}}\n",
-        identity_yaml(&brief, &[]),
-    );
-    let _outbound = Ward::start(&body, &[outp]);
+    let pair = ws_pair(&ids, &brief, "");
+    let (inbound, outp) = (&pair.inbound, pair.port);
     let started = Instant::now();
     let got = ws_client(&format!("ws://127.0.0.1:{outp}/live"), "hold");
     let took = started.elapsed();
@@ -253,33 +278,15 @@ fn a_websocket_is_closed_when_the_callers_svid_expires() {
 #[test]
 fn a_reload_that_denies_the_upgrade_request_closes_the_stream() {
     let ids = ids();
-    let ws_port = free_port();
-    let _server = Daemon::start(
-        "websockets server",
-        Command::new(python()).args(["-c", SERVER, &ws_port.to_string()]),
-        ws_port,
-    );
-    let (inp, outp) = (free_port(), free_port());
-    let config = |rules: &str| {
-        format!(
-            "{}inbound:\n  - {{name: ws, listen: \"127.0.0.1:{inp}\", forward: \"127.0.0.1:{ws_port}\", protocol: http, policy: ws}}\npolicies:\n  ws:\n    default: deny\n    rules:\n{rules}{}",
-            identity_yaml(&ids.backend, &[]),
-            allow_frontend()
-        )
-    };
-    let inbound = Ward::start(&config(""), &[inp]);
-    let body = format!(
-        "{}outbound:\n  - {{name: ws, listen: \"127.0.0.1:{outp}\", forward: \"127.0.0.1:{inp}\", protocol: http, server_id: \"{BACKEND}\"}}\n",
-        identity_yaml(&ids.frontend, &[]),
-    );
-    let _outbound = Ward::start(&body, &[outp]);
+    let pair = ws_pair(&ids, &ids.frontend, "");
+    let (inbound, outp) = (&pair.inbound, pair.port);
     let url = format!("ws://127.0.0.1:{outp}/live");
     let holder = std::thread::spawn(move || ws_client(&url, "hold"));
     inbound.wait_record("the stream's switch", |r| {
         r["kind"] == "request" && r["path"] == "/live"
     });
     std::thread::sleep(Duration::from_millis(500));
-    inbound.rewrite(&config(
+    inbound.rewrite(&(pair.config)(
         "      - {name: no-live, action: deny, paths: [\"/live\"]}\n",
     ));
     let got = holder.join().unwrap();
