@@ -380,22 +380,6 @@ impl Policy {
         )
     }
 
-    /// For HTTP listeners at connection time: `false` only if no request from `peer` could
-    /// ever be allowed, so the connection can be refused up front.
-    pub fn may_allow_requests(&self, peer: Peer<'_>) -> bool {
-        let mut matching = self
-            .candidates(peer)
-            .map(|(_, r)| r)
-            .filter(|r| r.matches_peer(peer));
-        if matching
-            .clone()
-            .any(|r| r.action == Action::Deny && !r.http_only())
-        {
-            return false;
-        }
-        self.default == DefaultAction::Allow || matching.any(|r| r.action == Action::Allow)
-    }
-
     /// Whether an HTTP-only `deny` rule covers `peer`: traffic from it that cannot be read as
     /// HTTP must then be refused, since those rules could not be applied to it.
     pub fn denies_some_requests(&self, peer: Peer<'_>) -> bool {
@@ -576,9 +560,6 @@ mod tests {
                     );
                 }
                 let matching = walk(&p).map(|(_, r)| r).filter(|r| r.matches_peer(peer));
-                let may_allow = !matching.clone().any(|r| r.action == Action::Deny && !r.http_only())
-                    && (p.default == DefaultAction::Allow || matching.clone().any(|r| r.action == Action::Allow));
-                prop_assert_eq!(p.may_allow_requests(peer), may_allow);
                 prop_assert_eq!(
                     p.denies_some_requests(peer),
                     matching.clone().any(|r| r.action == Action::Deny && r.http_only())

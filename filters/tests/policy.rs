@@ -42,7 +42,6 @@ fn default_is_deny_when_omitted() {
         p.evaluate_connection(FRONTEND),
         verdict(Decision::Deny, None, Reason::DefaultDeny, &[])
     );
-    assert!(!p.may_allow_requests(FRONTEND));
 }
 
 #[test]
@@ -53,7 +52,6 @@ fn default_allow() {
         verdict(Decision::Allow, None, Reason::DefaultAllow, &[])
     );
     assert!(p.evaluate_request(BATCH, &Request::new("GET", "/")).is_allowed());
-    assert!(p.may_allow_requests(PLAIN));
 }
 
 #[test]
@@ -77,8 +75,6 @@ fn deny_beats_allow_regardless_of_order() {
         p.evaluate_connection(PARTNER),
         verdict(Decision::Deny, None, Reason::DefaultDeny, &[])
     );
-    assert!(!p.may_allow_requests(BATCH));
-    assert!(p.may_allow_requests(FRONTEND));
 }
 
 #[test]
@@ -133,8 +129,13 @@ fn audit_never_changes_the_decision_but_is_listed() {
     let only_audit = policy(r#"{"default": "allow", "rules": [{"name": "a", "action": "audit"}]}"#);
     let v = only_audit.evaluate_request(FRONTEND, &Request::new("POST", "/x"));
     assert_eq!(v, verdict(Decision::Allow, None, Reason::DefaultAllow, &["a"]));
-    // Audit rules never make a peer look allowable.
-    assert!(!policy(r#"{"rules": [{"name": "a", "action": "audit"}]}"#).may_allow_requests(BATCH));
+    // Audit rules never allow.
+    let only_audit_deny = policy(r#"{"rules": [{"name": "a", "action": "audit"}]}"#);
+    assert!(
+        !only_audit_deny
+            .evaluate_request(BATCH, &Request::new("GET", "/"))
+            .is_allowed()
+    );
 }
 
 #[test]
@@ -147,7 +148,6 @@ fn no_from_matches_any_authenticated_peer_only() {
         p.evaluate_connection(PLAIN),
         verdict(Decision::Deny, None, Reason::DefaultDeny, &[])
     );
-    assert!(!p.may_allow_requests(PLAIN));
 
     let p = policy(r#"{"default": "allow", "rules": [{"name": "nobody", "action": "deny"}]}"#);
     assert!(!p.evaluate_connection(FRONTEND).is_allowed());
@@ -162,14 +162,11 @@ fn unauthenticated_rule_matches_only_plaintext_peers() {
         verdict(Decision::Allow, Some("migrating"), Reason::AllowRule, &[])
     );
     assert!(!p.evaluate_connection(FRONTEND).is_allowed());
-    assert!(p.may_allow_requests(PLAIN));
-    assert!(!p.may_allow_requests(FRONTEND));
 
     let p = policy(
         r#"{"default": "allow", "rules": [{"name": "no-plain", "action": "deny", "unauthenticated": true}]}"#,
     );
     assert!(!p.evaluate_connection(PLAIN).is_allowed());
-    assert!(!p.may_allow_requests(PLAIN));
     assert!(p.evaluate_connection(FRONTEND).is_allowed());
 }
 
@@ -199,11 +196,19 @@ fn http_only_rules_are_skipped_at_connection_level() {
         p.evaluate_connection(BATCH),
         verdict(Decision::Allow, Some("jobs"), Reason::AllowRule, &[])
     );
-    // ...but an HTTP listener may still accept the frontend and must accept jobs.
-    assert!(p.may_allow_requests(FRONTEND));
-    assert!(p.may_allow_requests(BATCH));
-    assert!(!p.may_allow_requests(PARTNER));
-    assert!(!p.may_allow_requests(PLAIN));
+    // ...but the frontend's reads are allowed per request, and jobs' requests too.
+    assert!(
+        p.evaluate_request(FRONTEND, &Request::new("GET", "/api/x"))
+            .is_allowed()
+    );
+    assert!(
+        p.evaluate_request(BATCH, &Request::new("POST", "/x"))
+            .is_allowed()
+    );
+    assert!(
+        !p.evaluate_request(PARTNER, &Request::new("GET", "/api/x"))
+            .is_allowed()
+    );
 }
 
 #[test]
@@ -272,7 +277,7 @@ fn http_rules_apply_per_request() {
 }
 
 #[test]
-fn deny_rule_blocks_http_listener_up_front_only_when_not_http_only() {
+fn a_connection_level_deny_covers_every_request_an_http_only_one_its_own() {
     let p = policy(
         r#"{"default": "allow", "rules": [
             {"name": "no-partner", "action": "deny", "from": ["spiffe://partner.org/**"]},
@@ -280,8 +285,10 @@ fn deny_rule_blocks_http_listener_up_front_only_when_not_http_only() {
              "from": ["spiffe://example.org/ns/jobs/**"], "methods": ["POST"]}
         ]}"#,
     );
-    assert!(!p.may_allow_requests(PARTNER));
-    assert!(p.may_allow_requests(BATCH));
+    assert!(
+        !p.evaluate_request(PARTNER, &Request::new("GET", "/"))
+            .is_allowed()
+    );
     assert!(!p.evaluate_request(BATCH, &Request::new("POST", "/")).is_allowed());
     assert!(p.evaluate_request(BATCH, &Request::new("GET", "/")).is_allowed());
 }
