@@ -481,24 +481,8 @@ async fn request(
             Ok(pending.attach(h::unavailable(StatusCode::BAD_GATEWAY, message, grpc)))
         }
         Err(e) => {
-            // A server that proved the wrong identity is a bad gateway; one ward could not
-            // reach or finish a handshake with is unavailable.
-            let status = if e.wrong_server() {
-                StatusCode::BAD_GATEWAY
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
             tracing::warn!(listener = %ob.name, error = %e, "no connection to the peer");
-            let message = format!(
-                "ward: no connection to the upstream at {}: {}: {e}",
-                info.dst,
-                e.label()
-            );
-            if let Some(r) = pending.record_mut() {
-                r.decision = Decision::Deny;
-                r.reason = format!("{}: {e}", e.label()).into();
-            }
-            Ok(pending.attach(h::unavailable(status, message, grpc)))
+            Ok(no_upstream(&e, "no connection to", info.dst, pending, grpc))
         }
     }
 }
@@ -519,21 +503,7 @@ async fn upgrade_peer(
         Ok(answered) => answered,
         Err(e) => {
             tracing::warn!(listener = %ob.name, error = %e, "upgrade to the peer failed");
-            let status = if e.wrong_server() {
-                StatusCode::BAD_GATEWAY
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            let message = format!(
-                "ward: no upgrade to the upstream at {}: {}: {e}",
-                t.info.dst,
-                e.label()
-            );
-            if let Some(r) = pending.record_mut() {
-                r.decision = Decision::Deny;
-                r.reason = format!("{}: {e}", e.label()).into();
-            }
-            return pending.attach(h::unavailable(status, message, false));
+            return no_upstream(&e, "no upgrade to", t.info.dst, pending, false);
         }
     };
     if let Some(r) = pending.record_mut() {
@@ -555,4 +525,27 @@ async fn upgrade_peer(
     let closed = crate::data::io::OnWake::new(async move { live.closed().await });
     tunnel(client, hyper::upgrade::on(resp), t, closed);
     pending.attach(answer)
+}
+
+/// Ward's own answer when a request got no upstream: 502 when the server proved the wrong
+/// identity, 503 when it could not be reached or its handshake failed; the record a deny
+/// naming why.
+fn no_upstream(
+    e: &PeerError,
+    what: &str,
+    dst: SocketAddr,
+    mut pending: PendingRecord,
+    grpc: bool,
+) -> http::Response<crate::http::ResponseBody> {
+    let status = if e.wrong_server() {
+        StatusCode::BAD_GATEWAY
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let message = format!("ward: {what} the upstream at {dst}: {}: {e}", e.label());
+    if let Some(r) = pending.record_mut() {
+        r.decision = Decision::Deny;
+        r.reason = format!("{}: {e}", e.label()).into();
+    }
+    pending.attach(h::unavailable(status, message, grpc))
 }
