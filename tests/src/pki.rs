@@ -74,6 +74,16 @@ impl Pki {
         self.write(name, &svid)
     }
 
+    /// An SVID for `id` that expires `secs` seconds from now (valid since a minute ago).
+    pub fn brief(&self, name: &str, id: &str, secs: i64) -> SvidFiles {
+        self.sign(
+            name,
+            id,
+            time::Duration::minutes(-1),
+            time::Duration::seconds(secs),
+        )
+    }
+
     fn write(&self, name: &str, svid: &IssuedSvid) -> SvidFiles {
         let dir = self.dir.path().join(name);
         self.ca.write_svid(svid, &dir).expect("write SVID");

@@ -32,7 +32,7 @@ use crate::data::live::{Scope, UpgradeRequest};
 use crate::data::mtls::{self, Alpn, MtlsError, PeerIdentity};
 use crate::data::sniff::{self, Detected};
 use crate::data::tcp;
-use crate::http::upgrade::{ClientSide, Tunnel, Upgrade, tunnel};
+use crate::http::upgrade::{Asked, ClientSide, Tunnel, Upgrade, tunnel};
 use crate::http::{self as h, Counted, HeaderView, PendingRecord, ResponseBody, ServiceResult};
 use crate::metrics::ListenerMetrics;
 use crate::pools::AppClient;
@@ -400,15 +400,11 @@ async fn request(
     let authority = h::authority(&req);
     // An upgrade (WebSocket, extended CONNECT): its client side is taken now, and the policy
     // sees it as the app will get it, an HTTP/1.1 `GET` with `Upgrade`.
-    let asked = Upgrade::of(&req);
-    let upgrade = match &asked {
-        Ok(Some(up)) => Some((ClientSide::of(&mut req), up.clone())),
-        _ => None,
-    };
-    let method = match &upgrade {
-        Some((_, up)) if up.h2 => "GET".to_owned(),
-        _ => req.method().as_str().to_owned(),
-    };
+    let Asked {
+        upgrade,
+        refused,
+        method,
+    } = Asked::take(&mut req);
     let raw_path = req.uri().path().to_owned();
     let bytes_in = Arc::new(AtomicU64::new(0));
     let pending = |r| PendingRecord::new(r, shared.clone(), ib.metrics.clone(), started, bytes_in.clone());
@@ -421,7 +417,7 @@ async fn request(
         r.authority = authority;
         Ok(pending(r).attach(h::text(StatusCode::BAD_REQUEST, body)))
     };
-    if let Err(why) = asked {
+    if let Some(why) = refused {
         let reason = format!("bad_upgrade: {why}");
         return bad_request(reason, method, raw_path, authority, "ward: bad upgrade request\n");
     }

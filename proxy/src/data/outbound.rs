@@ -34,7 +34,7 @@ use crate::data::live::Scope;
 use crate::data::mtls::{self, Alpn, Dial, MtlsError, PeerIdentity};
 use crate::data::sniff::{self, Detected};
 use crate::data::tcp;
-use crate::http::upgrade::{ClientSide, Tunnel, Upgrade, tunnel};
+use crate::http::upgrade::{Asked, ClientSide, Tunnel, Upgrade, tunnel};
 use crate::http::{self as h, Counted, PendingRecord, ServiceResult};
 use crate::metrics::ListenerMetrics;
 use crate::pools::{PeerDial, PeerError, PeerPool, Speaks};
@@ -392,15 +392,11 @@ async fn request(
     let started = Instant::now();
     let authority = h::authority(&req);
     // An upgrade (WebSocket, extended CONNECT from an h2c app): its client side is taken now.
-    let asked = Upgrade::of(&req);
-    let upgrade = match &asked {
-        Ok(Some(up)) => Some((ClientSide::of(&mut req), up.clone())),
-        _ => None,
-    };
-    let method = match &upgrade {
-        Some((_, up)) if up.h2 => "GET".to_owned(),
-        _ => req.method().as_str().to_owned(),
-    };
+    let Asked {
+        upgrade,
+        refused,
+        method,
+    } = Asked::take(&mut req);
     let path = req.uri().path().to_owned();
     let record = |decision, reason: Cow<'static, str>, peer: Option<&PeerIdentity>| {
         let mut info = (*info).clone();
@@ -417,7 +413,7 @@ async fn request(
     let bytes_in = Arc::new(AtomicU64::new(0));
     let pending = |r| PendingRecord::new(r, shared.clone(), ob.metrics.clone(), started, bytes_in.clone());
     let grpc = upgrade.is_none() && h::is_grpc(req.headers());
-    if let Err(why) = asked {
+    if let Some(why) = refused {
         let r = record(Decision::Deny, format!("bad_upgrade: {why}").into(), None);
         return Ok(pending(r).attach(h::text(StatusCode::BAD_REQUEST, "ward: bad upgrade request\n")));
     }

@@ -144,6 +144,35 @@ impl Upgrade {
     }
 }
 
+/// What a request asks of an upgrade, taken from it before it is used (both directions).
+pub struct Asked {
+    /// The upgrade and the client's side of it, when one is asked for and may be.
+    pub upgrade: Option<(ClientSide, Upgrade)>,
+    /// Why an upgrade asked for is refused (400).
+    pub refused: Option<&'static str>,
+    /// The method the policy and the app see: `GET` for an extended CONNECT.
+    pub method: String,
+}
+
+impl Asked {
+    pub fn take<B>(req: &mut Request<B>) -> Asked {
+        let (upgrade, refused) = match Upgrade::of(req) {
+            Ok(Some(up)) => (Some((ClientSide::of(req), up)), None),
+            Ok(None) => (None, None),
+            Err(why) => (None, Some(why)),
+        };
+        let method = match &upgrade {
+            Some((_, up)) if up.h2 => "GET".to_owned(),
+            _ => req.method().as_str().to_owned(),
+        };
+        Asked {
+            upgrade,
+            refused,
+            method,
+        }
+    }
+}
+
 /// A byte stream both ways.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}

@@ -246,12 +246,7 @@ fn ws_pair(ids: &Ids, client: &SvidFiles, rules: &str) -> WsPair {
 #[test]
 fn a_websocket_is_closed_when_the_callers_svid_expires() {
     let ids = ids();
-    let brief = ids.pki.sign(
-        "brief",
-        FRONTEND,
-        time::Duration::minutes(-1),
-        time::Duration::seconds(4),
-    );
+    let brief = ids.pki.brief("brief", FRONTEND, 4);
     let pair = ws_pair(&ids, &brief, "");
     let (inbound, outp) = (&pair.inbound, pair.port);
     let started = Instant::now();

@@ -11,12 +11,7 @@ use super::*;
 fn a_live_connection_closes_when_its_peers_svid_expires() {
     let ids = ids();
     // An SVID with a few seconds left (not_after has whole seconds).
-    let brief = ids.pki.sign(
-        "brief",
-        FRONTEND,
-        time::Duration::minutes(-1),
-        time::Duration::seconds(4),
-    );
+    let brief = ids.pki.brief("brief", FRONTEND, 4);
     let echo = App::echo();
     let (inbound, port) = start_inbound(&ids.backend, echo.addr, &[("frontend", FRONTEND)], &[]);
     let (_outbound, out) = start_outbound(&brief, port, BACKEND, &[]);
