@@ -20,6 +20,7 @@ fn request_record(c: &mut Criterion) {
         dst: "10.1.2.4:8080".parse().unwrap(),
         peer_id: Some(Arc::from("spiffe://example.org/ns/default/sa/frontend")),
         peer_serial: Some("5a1f0c9e2b7d4e3f8a6b".into()),
+        forwarded_for: None,
     };
     let verdict = Verdict {
         decision: Decision::Allow,

@@ -178,6 +178,10 @@ pub struct TlsConfigs {
     /// Outbound offering ALPN `h2`, then `http/1.1`: another ward (or any HTTP/2 server)
     /// picks `h2`, a server that speaks HTTP/1.1 only picks that, an opaque one nothing.
     pub client_http: Arc<ClientConfig>,
+    /// HBONE listeners: ALPN `h2` only (a tunnel is HTTP/2 CONNECT or nothing).
+    pub server_h2: Arc<ServerConfig>,
+    /// HBONE tunnels: ALPN `h2` only, as ztunnel offers.
+    pub client_h2: Arc<ClientConfig>,
 }
 
 impl TlsConfigs {
@@ -211,12 +215,18 @@ impl TlsConfigs {
         server_http.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let mut client_http = client.clone();
         client_http.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let mut server_h2 = server.clone();
+        server_h2.alpn_protocols = vec![b"h2".to_vec()];
+        let mut client_h2 = client.clone();
+        client_h2.alpn_protocols = vec![b"h2".to_vec()];
         Ok(TlsConfigs {
             identity,
             server: Arc::new(server),
             client: Arc::new(client),
             server_http: Arc::new(server_http),
             client_http: Arc::new(client_http),
+            server_h2: Arc::new(server_h2),
+            client_h2: Arc::new(client_h2),
         })
     }
 }

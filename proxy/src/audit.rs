@@ -58,6 +58,9 @@ pub struct Record {
     pub peer_serial: Option<Arc<str>>,
     pub src: SocketAddr,
     pub dst: SocketAddr,
+    /// The original client an HBONE peer named in its `forwarded` header (`src` is the peer's
+    /// own address, as ward saw it): the peer's claim, recorded beside what ward knows.
+    pub forwarded_for: Option<SocketAddr>,
     pub rule: Option<Arc<str>>,
     pub decision: Decision,
     pub reason: Cow<'static, str>,
@@ -80,6 +83,8 @@ pub struct ConnInfo {
     pub dst: SocketAddr,
     pub peer_id: Option<Arc<str>>,
     pub peer_serial: Option<Arc<str>>,
+    /// HBONE streams: the original client the peer named in `forwarded`.
+    pub forwarded_for: Option<SocketAddr>,
 }
 
 impl ConnInfo {
@@ -93,6 +98,7 @@ impl ConnInfo {
             peer_serial: self.peer_serial.clone(),
             src: self.src,
             dst: self.dst,
+            forwarded_for: self.forwarded_for,
             rule: None,
             decision,
             reason: reason.into(),
@@ -212,6 +218,11 @@ impl Record {
         push_addr(out, self.src);
         out.extend_from_slice(b",\"dst\":");
         push_addr(out, self.dst);
+        out.extend_from_slice(b",\"forwarded_for\":");
+        match self.forwarded_for {
+            Some(a) => push_addr(out, a),
+            None => out.extend_from_slice(b"null"),
+        }
         out.extend_from_slice(b",\"rule\":");
         push_opt_str(out, self.rule.as_deref());
         out.extend_from_slice(match self.decision {
@@ -619,6 +630,7 @@ mod tests {
             peer_serial in proptest::option::of(arc_text()),
             src in addr(),
             dst in addr(),
+            forwarded_for in proptest::option::of(addr()),
             rule in proptest::option::of(arc_text()),
             reason in text(),
             audit_rules in proptest::collection::vec(arc_text(), 0..3),
@@ -639,6 +651,7 @@ mod tests {
                 peer_serial,
                 src,
                 dst,
+                forwarded_for,
                 rule,
                 decision: if allow { Decision::Allow } else { Decision::Deny },
                 reason: reason.into(),

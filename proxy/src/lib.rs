@@ -7,6 +7,7 @@ pub mod admin;
 pub mod audit;
 pub mod config;
 pub mod data;
+pub mod hbone;
 pub mod http;
 pub mod limits;
 pub mod metrics;

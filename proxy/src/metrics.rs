@@ -42,6 +42,13 @@ struct AcceptLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StreamLabels {
+    listener: String,
+    direction: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: String,
 }
@@ -98,6 +105,35 @@ pub struct Metrics {
     rotations: Family<ResultLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
     pub audit_dropped: Counter,
+    hbone_connections_opened: Family<ListenerLabels, Counter>,
+    hbone_connections_active: Family<ListenerLabels, Gauge>,
+    hbone_streams: Family<StreamLabels, Counter>,
+    hbone_streams_active: Family<ListenerLabels, Gauge>,
+}
+
+/// The HBONE handles of one listener: its tunnel connections (pooled, outbound; accepted,
+/// inbound) and their CONNECT streams.
+#[derive(Clone, Debug)]
+pub struct HboneMetrics {
+    pub connections_opened: Counter,
+    pub connections_active: Gauge,
+    pub streams_active: Gauge,
+    streams: Family<StreamLabels, Counter>,
+    listener: String,
+    direction: &'static str,
+}
+
+impl HboneMetrics {
+    /// A stream ended, or was refused: `ok`, or why not (`denied`, `bad_method`, ...).
+    pub fn stream(&self, result: &'static str) {
+        self.streams
+            .get_or_create(&StreamLabels {
+                listener: self.listener.clone(),
+                direction: self.direction,
+                result,
+            })
+            .inc();
+    }
 }
 
 /// prometheus-client's gauge atomic for `i64`.
@@ -156,6 +192,10 @@ impl Metrics {
             rotations: Family::default(),
             reloads: Family::default(),
             audit_dropped: Counter::default(),
+            hbone_connections_opened: Family::default(),
+            hbone_connections_active: Family::default(),
+            hbone_streams: Family::default(),
+            hbone_streams_active: Family::default(),
         };
         registry.register("connections_opened", "Connections accepted", m.opened.clone());
         registry.register("connections_closed", "Connections ended", m.closed.clone());
@@ -216,7 +256,43 @@ impl Metrics {
             "Audit records dropped because the writer fell behind",
             m.audit_dropped.clone(),
         );
+        registry.register(
+            "hbone_connections_opened",
+            "HBONE tunnel connections (HTTP/2 over mTLS): pooled ones made (outbound), accepted ones (inbound)",
+            m.hbone_connections_opened.clone(),
+        );
+        registry.register(
+            "hbone_connections_active",
+            "HBONE tunnel connections open now",
+            m.hbone_connections_active.clone(),
+        );
+        registry.register(
+            "hbone_streams",
+            "HBONE CONNECT streams, by result: ok (tunnelled), or why not (denied, bad_method, bad_authority, port_not_allowed, unreachable, overload, refused, failed)",
+            m.hbone_streams.clone(),
+        );
+        registry.register(
+            "hbone_streams_active",
+            "HBONE CONNECT streams open now",
+            m.hbone_streams_active.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// The HBONE handles of one listener.
+    pub fn hbone(&self, name: &str, d: Direction) -> HboneMetrics {
+        let l = ListenerLabels {
+            listener: name.to_owned(),
+            direction: direction(d),
+        };
+        HboneMetrics {
+            connections_opened: self.hbone_connections_opened.get_or_create_owned(&l),
+            connections_active: self.hbone_connections_active.get_or_create_owned(&l),
+            streams_active: self.hbone_streams_active.get_or_create_owned(&l),
+            streams: self.hbone_streams.clone(),
+            listener: l.listener,
+            direction: l.direction,
+        }
     }
 
     /// The handles of one listener.

@@ -191,12 +191,22 @@ fn launch(
                     .unwrap_or_else(|| crate::config::default_max_connections(crate::limits::nofile())),
                 pending: Arc::default(),
             });
-            tokio::spawn(inbound::serve(socket.clone(), ib, shared.clone(), stop_rx))
+            if c.hbone {
+                tokio::spawn(crate::hbone::server::serve(
+                    socket.clone(),
+                    ib,
+                    shared.clone(),
+                    stop_rx,
+                ))
+            } else {
+                tokio::spawn(inbound::serve(socket.clone(), ib, shared.clone(), stop_rx))
+            }
         }
         Spec::Outbound(l) => {
             let ob = Outbound::new(
                 l,
                 shared.metrics.listener(name, Direction::Outbound),
+                shared.metrics.hbone(name, Direction::Outbound),
                 open.clone(),
             );
             tokio::spawn(outbound::serve(

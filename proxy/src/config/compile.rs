@@ -230,8 +230,31 @@ impl Config {
             .collect();
         for l in &self.inbound {
             let v = &l.value;
+            if v.hbone {
+                if v.transparent {
+                    p.at(
+                        l.referenced,
+                        format!("inbound {:?}: an HBONE listener takes each stream's destination from its CONNECT; remove `transparent`", v.name),
+                    );
+                }
+                if v.mtls == super::schema::Mtls::Permissive {
+                    p.at(
+                        l.referenced,
+                        format!(
+                            "inbound {:?}: an HBONE listener is mTLS only; remove `mtls: permissive`",
+                            v.name
+                        ),
+                    );
+                }
+                if v.forward.is_some() && (v.app_host.is_some() || !v.ports.is_empty()) {
+                    p.at(
+                        l.referenced,
+                        format!("inbound {:?}: with `forward`, every stream goes there; `app_host` and `ports` are for an HBONE listener without it", v.name),
+                    );
+                }
+            }
             match (v.transparent, v.forward) {
-                (false, None) => p.at(
+                (false, None) if !v.hbone => p.at(
                     l.referenced,
                     format!("inbound {:?}: set `forward: IP:port` (the app), or `transparent: true` in a pod", v.name),
                 ),
@@ -241,16 +264,19 @@ impl Config {
                 ),
                 _ => {}
             }
-            if !v.transparent && v.app_host.is_some() {
+            if !v.transparent && !v.hbone && v.app_host.is_some() {
                 p.at(
                     l.referenced,
                     format!("inbound {:?}: `app_host` is for transparent listeners; an explicit one sends to `forward`", v.name),
                 );
             }
-            if !v.transparent && !v.ports.is_empty() {
+            if !v.transparent && !v.hbone && !v.ports.is_empty() {
                 p.at(
                     l.referenced,
-                    format!("inbound {:?}: `ports` overrides need `transparent: true`", v.name),
+                    format!(
+                        "inbound {:?}: `ports` overrides need `transparent: true` (or `hbone: true`)",
+                        v.name
+                    ),
                 );
             }
             for (port, o) in &v.ports {
@@ -319,6 +345,14 @@ impl Config {
                     );
                 }
                 for r in &v.routes {
+                    if r.tunnel == Some(super::schema::Tunnel::Hbone)
+                        && r.to.ends_with(&format!(":{}", v.hbone_port))
+                    {
+                        p.at(
+                            l.referenced,
+                            format!("outbound {:?}: route {:?}: its destinations are HBONE listeners themselves; HBONE tunnels to an app port", v.name, r.to),
+                        );
+                    }
                     match Route::parse(r) {
                         Ok(route) => compiled.routes.entry(v.name.clone()).or_default().push(route),
                         Err(e) => p.at(
@@ -340,12 +374,28 @@ impl Config {
                         format!("outbound {:?}: `routes` need `transparent: true`", v.name),
                     );
                 }
+                if v.tunnel == Some(super::schema::Tunnel::Auto) {
+                    p.at(
+                        l.referenced,
+                        format!("outbound {:?}: `tunnel: auto` is for transparent listeners; an explicit one says `direct` (forward is the peer's listener) or `hbone` (forward is the final destination)", v.name),
+                    );
+                }
+                if v.tunnel == Some(super::schema::Tunnel::Hbone)
+                    && let Some(f) = v.forward
+                    && f.port() == v.hbone_port
+                {
+                    p.at(
+                        l.referenced,
+                        format!("outbound {:?}: with `tunnel: hbone`, `forward` is the final destination (the app's IP:port), reached through the HBONE listener on port {}; it is not that listener", v.name, v.hbone_port),
+                    );
+                }
             }
         }
         for (what, d) in [
             ("handshake_timeout", self.handshake_timeout),
             ("connect_timeout", self.connect_timeout),
             ("idle_timeout", self.idle_timeout),
+            ("pool_idle_timeout", self.pool_idle_timeout),
             ("request_header_timeout", self.request_header_timeout),
             ("detect_timeout", self.detect_timeout),
             (

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ward_filters::{Pattern, Policy};
 
-use super::schema::{Config, InboundConfig, OutboundConfig, RouteConfig};
+use super::schema::{Config, InboundConfig, OutboundConfig, RouteConfig, Tunnel};
 
 /// A checked config, compiled.
 #[derive(Debug)]
@@ -60,6 +60,10 @@ impl PartialEq for OutboundModel {
 pub struct Expect {
     pub server_id: Pattern,
     pub rule: Arc<str>,
+    /// How the destination is reached, `direct`, `hbone` or `auto` (never unset here).
+    pub tunnel: super::schema::Tunnel,
+    /// The port of the destination's HBONE listener.
+    pub hbone_port: u16,
 }
 
 /// What checking compiled: handed to [`Model::new`].
@@ -96,7 +100,15 @@ impl Model {
                 let explicit = match (v.transparent, v.forward, server_ids.remove(&v.name)) {
                     (false, Some(addr), Some(server_id)) => {
                         let rule = Arc::from(format!("server_id {}", server_id.as_str()));
-                        Some((addr, Arc::new(Expect { server_id, rule })))
+                        let tunnel = v.tunnel.unwrap_or(Tunnel::Direct);
+                        let hbone_port = v.hbone_port;
+                        let expect = Expect {
+                            server_id,
+                            rule,
+                            tunnel,
+                            hbone_port,
+                        };
+                        Some((addr, Arc::new(expect)))
                     }
                     _ => None,
                 };
@@ -108,6 +120,8 @@ impl Model {
                         let expect = Expect {
                             rule: Arc::from(format!("route {} -> {}", route.net, route.server_id.as_str())),
                             server_id: route.server_id.clone(),
+                            tunnel: route.tunnel.or(v.tunnel).unwrap_or(Tunnel::Auto),
+                            hbone_port: v.hbone_port,
                         };
                         (route, Arc::new(expect))
                     })
@@ -139,6 +153,7 @@ pub struct Settings {
     pub connect_timeout: Duration,
     pub detect_timeout: Duration,
     pub idle_timeout: Duration,
+    pub pool_idle_timeout: Duration,
     pub request_header_timeout: Duration,
     pub max_connection_lifetime: Option<Duration>,
     /// Ports ward itself listens on: traffic aimed at them is a loop and refused.
@@ -193,6 +208,7 @@ impl Settings {
             connect_timeout: config.connect_timeout,
             detect_timeout: config.detect_timeout,
             idle_timeout: config.idle_timeout,
+            pool_idle_timeout: config.pool_idle_timeout,
             request_header_timeout: config.request_header_timeout,
             max_connection_lifetime: config.max_connection_lifetime,
             own_ports,
@@ -206,6 +222,8 @@ pub struct Route {
     pub net: ipnet::IpNet,
     pub port: Option<u16>,
     pub server_id: ward_filters::Pattern,
+    /// How its destinations are reached; the listener's `tunnel` when `None`.
+    pub tunnel: Option<super::schema::Tunnel>,
 }
 
 impl Route {
@@ -232,7 +250,12 @@ impl Route {
             None => None,
         };
         let server_id = ward_filters::Pattern::parse_spiffe(&r.server_id).map_err(|e| e.to_string())?;
-        Ok(Route { net, port, server_id })
+        Ok(Route {
+            net,
+            port,
+            server_id,
+            tunnel: r.tunnel,
+        })
     }
 
     pub fn covers(&self, dst: SocketAddr) -> bool {

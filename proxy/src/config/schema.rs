@@ -90,6 +90,10 @@ pub struct Config {
     /// An opaque TCP connection with no bytes either way for this long is closed.
     #[serde(default = "default_idle_timeout", with = "duration")]
     pub idle_timeout: Duration,
+    /// A pooled HBONE connection to a peer that carries no stream for this long is closed
+    /// (ztunnel's pool releases unused connections after minutes too).
+    #[serde(default = "default_pool_idle_timeout", with = "duration")]
+    pub pool_idle_timeout: Duration,
     /// An HTTP/1 client must send a whole request head within this; a keep-alive connection
     /// idle this long between requests is closed.
     #[serde(default = "default_request_header_timeout", with = "duration")]
@@ -104,6 +108,10 @@ pub struct Config {
 
 fn default_idle_timeout() -> Duration {
     Duration::from_secs(3600)
+}
+
+fn default_pool_idle_timeout() -> Duration {
+    Duration::from_secs(300)
 }
 
 fn default_request_header_timeout() -> Duration {
@@ -354,6 +362,12 @@ pub struct InboundConfig {
     /// HTTP request headers whose names contain `_`: `drop` (default), `keep` or `reject`.
     #[serde(default)]
     pub underscore_headers: Underscores,
+    /// An HBONE listener (Istio ambient's tunnel, 15008 by convention): mTLS with ALPN `h2`,
+    /// each HTTP/2 `CONNECT` stream one connection to the app at its `:authority` (the
+    /// address the peer dialled, and an app port), under the same policy, protocol detection
+    /// and records as any inbound connection. With `forward`, only its port may be asked.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hbone: bool,
 }
 
 fn yes() -> bool {
@@ -406,6 +420,25 @@ pub struct RouteConfig {
     /// `CIDR` or `CIDR:port`, e.g. `10.0.0.0/8` or `10.1.2.3/32:8080`.
     pub to: String,
     pub server_id: String,
+    /// How these destinations are reached; the listener's `tunnel` when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<Tunnel>,
+}
+
+/// How an outbound reaches a destination's sidecar.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Tunnel {
+    /// mTLS to the destination address itself (its sidecar captured it, or it is the peer's
+    /// listener): opaque TCP on a connection of its own, HTTP over the pooled HTTP/2 link.
+    Direct,
+    /// HBONE: every connection an HTTP/2 `CONNECT` stream on a pooled mTLS connection to the
+    /// destination's IP at `hbone_port`, `:authority` the destination. HTTP rides it as bytes.
+    Hbone,
+    /// Opaque TCP over HBONE when the destination's IP answers on `hbone_port` with ALPN
+    /// `h2`, else direct (learned per IP, asked again after a minute); HTTP direct, over the
+    /// pooled HTTP/2 link, so the peer's policy sees every request on its own stream.
+    Auto,
 }
 
 /// An outbound listener: plaintext from the app, mTLS to a peer. Explicit (`forward` +
@@ -446,11 +479,27 @@ pub struct OutboundConfig {
     /// `reject`.
     #[serde(default)]
     pub underscore_headers: Underscores,
+    /// How the destination is reached: `direct` (default for explicit listeners, where
+    /// `forward` is the peer's own listener), `hbone` (`forward` is the final destination,
+    /// reached through the HBONE listener on its IP at `hbone_port`) or `auto` (default for
+    /// transparent listeners' routes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<Tunnel>,
+    /// The port of the destination's HBONE listener.
+    #[serde(default = "default_hbone_port")]
+    pub hbone_port: u16,
     /// Whether `listen` may be a non-loopback address. An outbound listener lends the
     /// workload's SVID to whoever connects: reachable from the network it is an open relay, so
     /// ward refuses that unless this says so.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_remote_clients: bool,
+}
+
+/// The port HBONE listeners take by convention (Istio's ztunnel and waypoints).
+pub const HBONE_PORT: u16 = 15008;
+
+fn default_hbone_port() -> u16 {
+    HBONE_PORT
 }
 
 #[derive(Debug, Deserialize, Serialize)]

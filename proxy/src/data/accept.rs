@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
@@ -42,7 +44,8 @@ impl OpenCount {
 pub struct ConnGuard {
     listener_open: Arc<AtomicUsize>,
     open: Arc<OpenCount>,
-    metrics: ListenerMetrics,
+    active: Gauge,
+    closed: Option<Counter>,
 }
 
 impl ConnGuard {
@@ -53,19 +56,45 @@ impl ConnGuard {
         open: &Arc<OpenCount>,
         metrics: &ListenerMetrics,
     ) -> Option<ConnGuard> {
+        let admitted = Self::enter(listener_open, max, open, &metrics.active, Some(&metrics.closed));
+        match &admitted {
+            Some(_) => metrics.opened.inc(),
+            None => metrics.refused_overload.inc(),
+        };
+        admitted
+    }
+
+    /// Admits one HBONE stream of a listener's connection: it counts against the listener's
+    /// `max_connections` and in the process-wide count a drain waits for, as a connection
+    /// does; its metrics are the stream gauge (the caller counts what became of it).
+    pub fn admit_stream(
+        listener_open: &Arc<AtomicUsize>,
+        max: usize,
+        open: &Arc<OpenCount>,
+        streams_active: &Gauge,
+    ) -> Option<ConnGuard> {
+        Self::enter(listener_open, Some(max), open, streams_active, None)
+    }
+
+    fn enter(
+        listener_open: &Arc<AtomicUsize>,
+        max: Option<usize>,
+        open: &Arc<OpenCount>,
+        active: &Gauge,
+        closed: Option<&Counter>,
+    ) -> Option<ConnGuard> {
         let before = listener_open.fetch_add(1, Ordering::AcqRel);
         if max.is_some_and(|max| before >= max) {
             listener_open.fetch_sub(1, Ordering::AcqRel);
-            metrics.refused_overload.inc();
             return None;
         }
         open.n.fetch_add(1, Ordering::AcqRel);
-        metrics.opened.inc();
-        metrics.active.inc();
+        active.inc();
         Some(ConnGuard {
             listener_open: listener_open.clone(),
             open: open.clone(),
-            metrics: metrics.clone(),
+            active: active.clone(),
+            closed: closed.cloned(),
         })
     }
 }
@@ -73,8 +102,10 @@ impl ConnGuard {
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.listener_open.fetch_sub(1, Ordering::AcqRel);
-        self.metrics.active.dec();
-        self.metrics.closed.inc();
+        self.active.dec();
+        if let Some(closed) = &self.closed {
+            closed.inc();
+        }
         if self.open.n.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.open.zero.notify_waiters();
         }

@@ -57,16 +57,17 @@ pub struct Inbound {
 
 /// Where one connection goes and under which rules.
 #[derive(Debug, Clone)]
-struct Target {
-    /// Where the peer connected: the listener, or in a pod the original destination.
-    dst: SocketAddr,
-    forward: SocketAddr,
-    protocol: Protocol,
+pub(crate) struct Target {
+    /// Where the peer connected: the listener, or in a pod the original destination (an
+    /// HBONE stream's `:authority`).
+    pub dst: SocketAddr,
+    pub forward: SocketAddr,
+    pub protocol: Protocol,
     /// The app port, for a transparent listener's per-port policy.
-    port: Option<u16>,
+    pub port: Option<u16>,
     /// `auto` made TCP by `server_first_ports`: a peer that HTTP-only deny rules cover is
     /// refused, as for opaque bytes `auto` saw.
-    server_first: bool,
+    pub server_first: bool,
 }
 
 /// The first byte of every TLS connection: a handshake record.
@@ -121,6 +122,15 @@ impl Inbound {
                 "loop: the original destination {dst} is one of ward's own ports"
             ));
         }
+        Ok(self.app_at(dst))
+    }
+
+    /// The app and rules for a connection the peer addressed to `dst` (the original
+    /// destination, or an HBONE stream's authority): the app at `dst`'s port, under the
+    /// port's overrides.
+    pub(crate) fn app_at(&self, dst: SocketAddr) -> Target {
+        let spec = &self.spec;
+        let port = dst.port();
         let o = spec.ports.get(&port);
         // The address the peer dialled (the pod's), not loopback: what the app bound to
         // 127.0.0.1 only stays the pod's own, unless a port or the listener says otherwise.
@@ -128,28 +138,46 @@ impl Inbound {
         let configured = o.and_then(|o| o.protocol);
         let protocol = configured.unwrap_or_else(|| spec.protocol.for_port(port, &spec.server_first_ports));
         let server_first = configured.is_none() && protocol != spec.protocol;
-        Ok(Target {
+        Target {
             dst,
             forward: SocketAddr::new(host, port),
             protocol,
             server_first,
             port: Some(port),
-        })
+        }
     }
 }
 
 /// Who the peer of one connection is, as the L7 path needs it.
-struct PeerCtx {
+#[derive(Clone)]
+pub(crate) struct PeerCtx {
     /// `None`: a plaintext peer of a permissive listener.
-    peer: Option<Arc<PeerIdentity>>,
+    pub peer: Option<Arc<PeerIdentity>>,
     /// The XFCC header value for the app (when the listener sets it): who this ward was in
     /// the handshake, the peer's leaf hash and ID. Made once per connection; each request
     /// clones it (a reference count).
-    xfcc: Option<HeaderValue>,
+    pub xfcc: Option<HeaderValue>,
 }
 
 impl PeerCtx {
-    fn peer(&self) -> Peer<'_> {
+    /// The context of an mTLS peer: its identity, and the XFCC value when the listener sets it.
+    pub fn mtls(ib: &Inbound, shared: &Shared, peer: PeerIdentity) -> PeerCtx {
+        // Who this ward is (the ID stays across rotations), for the app's XFCC header.
+        let xfcc = match (ib.spec.xfcc, shared.store.current()) {
+            (true, Some(tls)) => h::xfcc_value(
+                tls.identity.id().as_str(),
+                &h::cert_sha256(peer.leaf()),
+                peer.id.as_str(),
+            ),
+            _ => None,
+        };
+        PeerCtx {
+            peer: Some(Arc::new(peer)),
+            xfcc,
+        }
+    }
+
+    pub fn peer(&self) -> Peer<'_> {
         match &self.peer {
             Some(p) => Peer::Authenticated(p.id.as_str()),
             None => Peer::Unauthenticated,
@@ -158,13 +186,13 @@ impl PeerCtx {
 }
 
 /// A connection whose peer and protocol are known, ready to be served.
-struct Accepted<S> {
-    io: S,
-    detected: Detected,
-    info: ConnInfo,
-    target: Target,
-    ctx: PeerCtx,
-    started: Instant,
+pub(crate) struct Accepted<S> {
+    pub io: S,
+    pub detected: Detected,
+    pub info: ConnInfo,
+    pub target: Target,
+    pub ctx: PeerCtx,
+    pub started: Instant,
 }
 
 async fn handle(
@@ -185,6 +213,7 @@ async fn handle(
         dst: local,
         peer_id: None,
         peer_serial: None,
+        forwarded_for: None,
     };
     let target = match ib.target(&tcp, &shared) {
         Ok(t) => t,
@@ -247,19 +276,7 @@ async fn handle(
     };
     drop(pending);
     peer.mark(&mut info);
-    // Who this ward is (the ID stays across rotations), for the app's XFCC header.
-    let xfcc = match (ib.spec.xfcc, shared.store.current()) {
-        (true, Some(tls)) => h::xfcc_value(
-            tls.identity.id().as_str(),
-            &h::cert_sha256(peer.leaf()),
-            peer.id.as_str(),
-        ),
-        _ => None,
-    };
-    let ctx = PeerCtx {
-        peer: Some(Arc::new(peer)),
-        xfcc,
-    };
+    let ctx = PeerCtx::mtls(&ib, &shared, peer);
     let detected = match (target.protocol, stream.get_ref().1.alpn_protocol()) {
         (Protocol::Tcp, _) => Some(Detected::Opaque),
         (_, Some(b"h2")) => Some(Detected::Http2),
@@ -290,7 +307,7 @@ async fn handle(
 /// Serves an identified connection as opaque TCP or HTTP, registered among the live
 /// connections for as long as it lasts (a bundle that no longer validates its peer closes
 /// it, and for opaque TCP a reload whose policy no longer admits the peer).
-async fn serve_detected<S>(conn: Accepted<S>, ib: &Arc<Inbound>, shared: &Arc<Shared>)
+pub(crate) async fn serve_detected<S>(conn: Accepted<S>, ib: &Arc<Inbound>, shared: &Arc<Shared>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -321,28 +338,11 @@ where
         .live
         .register(ctx.peer.clone(), scope, lifetime, &shared.store);
     if detected == Detected::Opaque {
-        let Some(policy) = shared.policy(&ib.name, target.port) else {
-            shared.record(&info.failed("no_policy: the listener has no policy now"));
-            return;
-        };
-        // Bytes that are not HTTP on a listener that expected some: the policy's HTTP-only
-        // deny rules cannot be applied to them, so a peer they cover is refused.
-        if (target.protocol == Protocol::Auto || target.server_first)
-            && policy.denies_some_requests(ctx.peer())
+        if admit_opaque(&mut io, ib, shared, &info, &target, &ctx)
+            .await
+            .is_some()
+            && let Some(app) = tcp::connect(target.forward, shared, &info).await
         {
-            let reason =
-                "not_http: the peer's bytes are not HTTP, and HTTP-only deny rules cover it".to_owned();
-            shared.record(&info.decided(Decision::Deny, None, reason));
-            let _ = io.shutdown().await;
-            return;
-        }
-        let verdict = policy.evaluate_connection(ctx.peer());
-        shared.record(&info.authz(&verdict));
-        if verdict.decision == Decision::Deny {
-            let _ = io.shutdown().await;
-            return;
-        }
-        if let Some(app) = tcp::connect(target.forward, shared, &info).await {
             tcp::pipe(io, app, shared, &info, &ib.metrics, started, live.closed()).await;
         }
         return;
@@ -384,6 +384,47 @@ where
         live.closed(),
     )
     .await;
+}
+
+/// Opaque bytes from a peer (registered among the live connections first): the connection
+/// policy, its record, and `Some` when it admits them; a refused peer's `io` is shut down.
+pub(crate) async fn admit_opaque<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    ib: &Inbound,
+    shared: &Shared,
+    info: &ConnInfo,
+    target: &Target,
+    ctx: &PeerCtx,
+) -> Option<()> {
+    let verdict = opaque_verdict(ib, shared, info, target, ctx);
+    if verdict.is_none() {
+        let _ = io.shutdown().await;
+    }
+    verdict
+}
+
+/// [`admit_opaque`]'s decision and record, for a caller that answers a refusal itself.
+pub(crate) fn opaque_verdict(
+    ib: &Inbound,
+    shared: &Shared,
+    info: &ConnInfo,
+    target: &Target,
+    ctx: &PeerCtx,
+) -> Option<()> {
+    let Some(policy) = shared.policy(&ib.name, target.port) else {
+        shared.record(&info.failed("no_policy: the listener has no policy now"));
+        return None;
+    };
+    // Bytes that are not HTTP on a listener that expected some: the policy's HTTP-only
+    // deny rules cannot be applied to them, so a peer they cover is refused.
+    if (target.protocol == Protocol::Auto || target.server_first) && policy.denies_some_requests(ctx.peer()) {
+        let reason = "not_http: the peer's bytes are not HTTP, and HTTP-only deny rules cover it".to_owned();
+        shared.record(&info.decided(Decision::Deny, None, reason));
+        return None;
+    }
+    let verdict = policy.evaluate_connection(ctx.peer());
+    shared.record(&info.authz(&verdict));
+    (verdict.decision != Decision::Deny).then_some(())
 }
 
 /// One request: normalize, authorize, set identity headers, forward to the app.

@@ -212,6 +212,8 @@ pub enum Alpn {
     None,
     /// HTTP: `h2` and `http/1.1`, in that order (a server prefers `h2` too).
     Http,
+    /// `h2` only: HBONE tunnels.
+    H2,
 }
 
 /// The identity generation and the configs of now, in that order: the store swaps the configs
@@ -235,6 +237,7 @@ pub async fn accept(
     let config = match alpn {
         Alpn::None => tls.server.clone(),
         Alpn::Http => tls.server_http.clone(),
+        Alpn::H2 => tls.server_h2.clone(),
     };
     let stream = match tokio::time::timeout(timeout, TlsAcceptor::from(config).accept(tcp)).await {
         Err(_) => return Err(MtlsError::Timeout(timeout)),
@@ -272,6 +275,7 @@ pub async fn connect(
     let config = match alpn {
         Alpn::None => tls.client.clone(),
         Alpn::Http => tls.client_http.clone(),
+        Alpn::H2 => tls.client_h2.clone(),
     };
     let server_name = ServerName::IpAddress(to.addr.ip().into());
     let connect = TlsConnector::from(config).connect(server_name, tcp);

@@ -28,15 +28,18 @@ use tokio::sync::{Mutex, watch};
 use ward_filters::{Decision, Pattern};
 
 use crate::audit::{ConnInfo, Direction, Kind};
-use crate::config::{Expect, OutboundConfig, OutboundDefault, OutboundModel, Protocol, Route};
+use crate::config::{
+    Expect, OutboundConfig, OutboundDefault, OutboundModel, Protocol, Route, Tunnel as Reach,
+};
 use crate::data::accept::{self, Caps, ConnGuard};
 use crate::data::live::Scope;
 use crate::data::mtls::{self, Alpn, Dial, MtlsError, PeerIdentity};
 use crate::data::sniff::{self, Detected};
 use crate::data::tcp;
+use crate::hbone::client::{HboneError, HbonePool, Open};
 use crate::http::upgrade::{Asked, ClientSide, Tunnel, Upgrade, tunnel};
 use crate::http::{self as h, Counted, PendingRecord, ServiceResult};
-use crate::metrics::ListenerMetrics;
+use crate::metrics::{HboneMetrics, ListenerMetrics};
 use crate::pools::{PeerDial, PeerError, PeerPool, Speaks};
 use crate::state::Shared;
 
@@ -57,6 +60,8 @@ pub struct Outbound {
     /// One HTTP/2 connection per destination and worker shard, shared by every request
     /// of that shard to it (a shard never drives another's connections).
     pools: Mutex<HashMap<(usize, SocketAddr), Arc<PeerPool>>>,
+    /// HBONE tunnels (`tunnel: hbone`, or `auto` for opaque TCP).
+    hbone: HbonePool,
 }
 
 /// Where a connection goes.
@@ -69,7 +74,12 @@ enum Dest {
 }
 
 impl Outbound {
-    pub fn new(model: &OutboundModel, metrics: ListenerMetrics, open: Arc<AtomicUsize>) -> Outbound {
+    pub fn new(
+        model: &OutboundModel,
+        metrics: ListenerMetrics,
+        hbone: HboneMetrics,
+        open: Arc<AtomicUsize>,
+    ) -> Outbound {
         let spec = model.spec.clone();
         Outbound {
             name: model.name.clone(),
@@ -83,6 +93,7 @@ impl Outbound {
             metrics: Arc::new(metrics),
             open,
             pools: Mutex::new(HashMap::new()),
+            hbone: HbonePool::new(hbone),
         }
     }
 
@@ -183,6 +194,7 @@ async fn handle(
         dst: src,
         peer_id: None,
         peer_serial: None,
+        forwarded_for: None,
     };
     let dest = match ob.dest(&app, &shared) {
         Ok(d) => d,
@@ -228,6 +240,11 @@ async fn handle(
         Dest::Mesh { addr, expect } => (addr, expect),
     };
     info.dst = addr;
+    // `tunnel: hbone`: whatever the app sends rides a CONNECT stream as it is.
+    if expect.tunnel == Reach::Hbone {
+        Box::pin(serve_hbone(app, addr, expect, ob, shared, info, started, false)).await;
+        return;
+    }
     let protocol = ob
         .spec
         .protocol
@@ -290,7 +307,82 @@ async fn handle(
         .await;
         return;
     }
+    // `tunnel: auto`: opaque TCP over HBONE where the destination has a listener for it.
+    if expect.tunnel == Reach::Auto && ob.hbone.may_tunnel(addr.ip()) {
+        Box::pin(serve_hbone(app, addr, expect, ob, shared, info, started, true)).await;
+        return;
+    }
     Box::pin(serve_tcp(app, addr, expect, ob, shared, info, started)).await;
+}
+
+/// Forwards the app's connection over an HBONE stream to `addr` (through the HBONE listener
+/// on its IP), registered among the live connections while it lasts. With `or_direct`, a
+/// destination with no HBONE listener gets the connection direct instead.
+#[allow(clippy::too_many_arguments)]
+async fn serve_hbone(
+    mut app: TcpStream,
+    addr: SocketAddr,
+    expect: Arc<Expect>,
+    ob: Arc<Outbound>,
+    shared: Arc<Shared>,
+    mut info: ConnInfo,
+    started: Instant,
+    or_direct: bool,
+) {
+    let to = Open {
+        dst: addr,
+        hbone_port: expect.hbone_port,
+        server_id: &expect.server_id,
+        client: info.src,
+        handshake_timeout: ob.handshake_timeout,
+    };
+    let stream = match ob.hbone.open(to, &shared).await {
+        Ok(stream) => stream,
+        Err(e) if or_direct && e.no_hbone() => {
+            ob.hbone.go_direct(addr.ip());
+            Box::pin(serve_tcp(app, addr, expect, ob, shared, info, started)).await;
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(listener = %ob.name, dst = %addr, reason = e.label(), error = %e, "no HBONE tunnel to the destination");
+            let rule = Some(expect.rule.clone());
+            let record = match &e {
+                HboneError::Mtls(m) => m.record(&info, rule),
+                HboneError::Denied { peer, .. } => {
+                    peer.mark(&mut info);
+                    info.decided(Decision::Deny, rule, format!("{}: {e}", e.label()))
+                }
+                _ => {
+                    if let Some(peer) = e.peer() {
+                        peer.mark(&mut info);
+                    }
+                    info.failed(format!("{}: {e}", e.label()))
+                }
+            };
+            shared.record(&record);
+            let _ = app.shutdown().await;
+            return;
+        }
+    };
+    stream.peer.mark(&mut info);
+    shared.record(&info.decided(Decision::Allow, Some(expect.rule.clone()), "server_id_match"));
+    let live = shared.live.register(
+        Some(stream.peer.clone()),
+        Scope::Bundles,
+        shared.settings.load().max_connection_lifetime,
+        &shared.store,
+    );
+    let _lease = stream.lease;
+    tcp::pipe(
+        app,
+        stream.io,
+        &shared,
+        &info,
+        &ob.metrics,
+        started,
+        live.closed(),
+    )
+    .await;
 }
 
 /// Forwards the app's connection byte for byte over its own mTLS connection to the peer,

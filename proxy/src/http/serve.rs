@@ -30,6 +30,9 @@ pub enum Version {
     H2,
     /// Either: hyper reads the preface to decide.
     Either,
+    /// HTTP/2 carrying HBONE tunnels: CONNECT streams with ztunnel's windows and stream
+    /// limit; its bytes are counted by each stream's own relay, not here.
+    Hbone,
 }
 
 impl From<crate::data::sniff::Detected> for Version {
@@ -69,8 +72,9 @@ pub async fn serve_connection<I, S, B>(
     let settings = shared.settings();
     // Wire bytes each way, headers included, counted as they pass.
     let started = Instant::now();
-    let tally = (metrics.bytes_received.clone(), metrics.bytes_sent.clone());
-    let (io, bytes) = crate::data::io::counted(io, Some(tally));
+    let tally =
+        (version != Version::Hbone).then(|| (metrics.bytes_received.clone(), metrics.bytes_sent.clone()));
+    let (io, bytes) = crate::data::io::counted(io, tally);
     let ctx = Drive {
         shared,
         info,
@@ -130,6 +134,22 @@ pub async fn serve_connection<I, S, B>(
                 ctx.drive(b.serve_connection(TokioIo::new(io), service), revoke)
                     .await;
                 handoff.tunnels_done().await;
+            })
+            .await;
+        }
+        Version::Hbone => {
+            Box::pin(async move {
+                use crate::hbone::wire;
+                let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                b.timer(TokioTimer::new())
+                    .keep_alive_interval(H2_KEEPALIVE)
+                    .initial_stream_window_size(wire::STREAM_WINDOW)
+                    .initial_connection_window_size(wire::CONNECTION_WINDOW)
+                    .max_frame_size(wire::MAX_FRAME)
+                    .max_concurrent_streams(wire::MAX_STREAMS)
+                    .max_send_buf_size(wire::MAX_FRAME as usize);
+                ctx.drive(b.serve_connection(TokioIo::new(io), service), revoke)
+                    .await;
             })
             .await;
         }
