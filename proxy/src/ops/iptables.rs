@@ -41,7 +41,8 @@ pub const DEFAULT_OUTBOUND_PORT: u16 = 15001;
 pub const DEFAULT_ADMIN_PORT: u16 = 15000;
 /// `admin.probes`: `/live`, `/ready`, `/metrics` for kubelet and Prometheus (Istio's 15020).
 pub const DEFAULT_PROBES_PORT: u16 = 15020;
-pub const TUNNEL_PORT: u16 = 15008;
+/// The HBONE listener's port (`hbone: true`), never captured: peers reach it directly.
+pub const TUNNEL_PORT: u16 = crate::config::schema::HBONE_PORT;
 pub const DEFAULT_PROXY_UID: u32 = 1337;
 
 /// What went wrong, and what to do about it.

@@ -271,6 +271,7 @@ pub(super) fn sidecar(opts: &Options) -> Yaml {
             "ports",
             Yaml::Seq(vec![
                 port("ward-inbound", iptables::DEFAULT_INBOUND_PORT),
+                port("ward-hbone", iptables::TUNNEL_PORT),
                 port("ward-probes", iptables::DEFAULT_PROBES_PORT),
             ]),
         ),

@@ -146,6 +146,22 @@ fn every_workload_kind_gets_the_sidecar_and_the_capture() {
             ["/ward", "shutdown", "--admin", "127.0.0.1:15000"]
         );
         assert_eq!(strs(ward.at(&["args"])), ["run", "-c", "/etc/ward/ward.yaml"]);
+        let Some(Yaml::Seq(ports)) = ward.at(&["ports"]) else {
+            panic!("the sidecar declares its ports")
+        };
+        let ports: Vec<_> = ports
+            .iter()
+            .map(|p| (p.at(&["name"]).and_then(Yaml::as_str), p.at(&["containerPort"])))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                (Some("ward-inbound"), Some(&Yaml::Int(15006))),
+                (Some("ward-hbone"), Some(&Yaml::Int(15008))),
+                (Some("ward-probes"), Some(&Yaml::Int(15020))),
+            ],
+            "the HBONE port is opened beside the inbound and probes ports"
+        );
         let mounts = names(ward.at(&["volumeMounts"]));
         assert_eq!(mounts, [CONFIG_VOLUME, IDENTITY_VOLUME]);
 
