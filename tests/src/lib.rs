@@ -21,6 +21,8 @@
 //! - `pair`: sidecars to start: an inbound and an outbound ward ([`start_inbound`],
 //!   [`start_outbound`]), and the HTTP pair with its routes ([`Pair`], [`start_pair`]).
 //! - `metrics`: the admin server's Prometheus metrics ([`Metrics`], [`wait_metrics`]).
+//! - `hbone`: HBONE peers of the tests' own, from the wire format with the `h2` crate
+//!   ([`HboneClient`] and its [`Tunnel`]s, [`HboneServer`] and the [`SeenConnect`]s it saw).
 //! - `dirs`: files that change all at once ([`write_atomic`], [`AtomicDir`],
 //!   [`svid_dir_files`]).
 //!
@@ -31,6 +33,7 @@
 
 mod apps;
 mod dirs;
+mod hbone;
 mod metrics;
 mod pair;
 mod pki;
@@ -41,6 +44,7 @@ mod yaml;
 
 pub use apps::*;
 pub use dirs::*;
+pub use hbone::*;
 pub use metrics::*;
 pub use pair::*;
 pub use pki::*;

@@ -22,6 +22,7 @@ use http::{Method, Request, StatusCode};
 use http_body_util::Empty;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Mutex;
 use ward_filters::Pattern;
 
@@ -126,19 +127,22 @@ struct Link {
     usage: Arc<Usage>,
 }
 
-/// A stream's hold on its connection: counted in it while the stream lives.
+/// A stream's hold on its connection: counted in it, and in `ward_hbone_streams_active`,
+/// while the stream lives.
 #[derive(Debug)]
-pub struct Lease(Arc<Usage>);
+pub struct Lease(Arc<Usage>, Gauge);
 
 impl Lease {
-    fn take(usage: &Arc<Usage>) -> Lease {
+    fn take(usage: &Arc<Usage>, active: &Gauge) -> Lease {
         usage.streams.fetch_add(1, Ordering::AcqRel);
-        Lease(usage.clone())
+        active.inc();
+        Lease(usage.clone(), active.clone())
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        self.1.dec();
         if self.0.streams.fetch_sub(1, Ordering::AcqRel) == 1
             && let Ok(mut since) = self.0.idle_since.lock()
         {
@@ -207,8 +211,18 @@ impl HbonePool {
         }
     }
 
-    /// A tunnel to `to.dst`, on a pooled connection or a new one.
+    /// A tunnel to `to.dst`, on a pooled connection or a new one; counted in
+    /// `ward_hbone_streams` by result.
     pub async fn open(&self, to: Open<'_>, shared: &Shared) -> Result<Stream, HboneError> {
+        let opened = self.open_stream(to, shared).await;
+        self.metrics.stream(match &opened {
+            Ok(_) => "ok",
+            Err(e) => e.label(),
+        });
+        opened
+    }
+
+    async fn open_stream(&self, to: Open<'_>, shared: &Shared) -> Result<Stream, HboneError> {
         let own_id: Arc<str> = match shared.store.current() {
             Some(tls) => Arc::from(tls.identity.id().as_str()),
             None => return Err(MtlsError::NoIdentity.into()),
@@ -253,7 +267,7 @@ impl HbonePool {
                     l
                 }
             };
-            let lease = Lease::take(&link.usage);
+            let lease = Lease::take(&link.usage, &self.metrics.streams_active);
             (link, lease)
         };
         let mut req = Request::new(Empty::<Bytes>::new());
