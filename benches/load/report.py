@@ -262,6 +262,14 @@ def build(meta, res, rss):
         chart_label="new conns/s vs full handshake",
         note="ward: tcp pair, one mTLS connection per client connection (resumption is ward's own choice); "
              "haproxy: no-ssl-reuse; nginx: proxy_ssl_session_reuse off")
+    zt_hbone = v_zt = get(res, "newconn_hbone", "ztunnel", "rps")
+    zt_note = (f"ztunnel pair (two network namespaces, HBONE): {fmt(v_zt)} conn/s" if v_zt is not None
+               else "ztunnel pair: not in this run (WARD_BENCH_ZTUNNEL names no ztunnel binary)")
+    row("new conn per request over HBONE: conn/s",
+        {"ward": get(res, "newconn_hbone", "ward", "rps"), "haproxy": get(res, "newconn_full", "haproxy", "rps")},
+        chart_label="new conns/s, HBONE vs full handshake",
+        note="ward: each client connection a CONNECT stream over pooled HBONE connections between the pair; "
+             "haproxy: its full-handshake tcp pair (it has no tunnel); " + zt_note)
     row("new conn per request, session resumption: conn/s", {t: get(res, "newconn_resumed", t, "rps") for t in TARGETS},
         chart_label="new conns/s, resumption",
         note="ward: same tcp pair; haproxy and nginx: TLS session reuse on (their default)")
@@ -310,6 +318,10 @@ def build(meta, res, rss):
          "goal": 0.8, "cmp": "<="},
         {"target": "new conns/s ≥ 1.5× haproxy's full-handshake rate",
          "value": ratio(v("newconn_full", "ward", "rps"), v("newconn_full", "haproxy", "rps")), "goal": 1.5, "cmp": ">="},
+        {"target": "new conns/s over HBONE ≥ 4× haproxy's full-handshake rate",
+         "value": ratio(v("newconn_hbone", "ward", "rps"), v("newconn_full", "haproxy", "rps")), "goal": 4, "cmp": ">="},
+        {"target": "new conns/s over HBONE ≥ 1.2× the ztunnel pair's (WARD_BENCH_ZTUNNEL)",
+         "value": ratio(v("newconn_hbone", "ward", "rps"), zt_hbone), "goal": 1.2, "cmp": ">="},
         {"target": "bulk throughput ≥ 1.2× haproxy",
          "value": ratio(v("bulk", "ward", "mib_per_s"), v("bulk", "haproxy", "mib_per_s")), "goal": 1.2, "cmp": ">="},
         {"target": "RSS per ward process idle ≤ 6 MiB", "value": ward_rss_idle, "goal": 6, "cmp": "<=", "unit": "MiB"},

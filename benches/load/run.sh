@@ -17,7 +17,10 @@
 # inbound to CPU 1; the load generator and the app stay free), WARD_BENCH_SECS (seconds per measurement),
 # WARD_BENCH_IDLE_CONNS, WARD_BENCH_BULK_MIB, WARD_BENCH_NO_INSTALL=1 (never apt-get),
 # WARD_BENCH_SKIP_BUILD=1 (use target/release/ward as it is), WARD_BENCH_AUDIT=file (keep
-# ward's audit records in target/bench/run/logs instead of writing them to /dev/null).
+# ward's audit records in target/bench/run/logs instead of writing them to /dev/null),
+# WARD_BENCH_ZTUNNEL=/path/to/ztunnel (a ztunnel binary built with `--features testing`: adds a
+# ztunnel pair, in two network namespaces the harness makes, to the HBONE row; needs root;
+# skipped with a note otherwise).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -129,6 +132,7 @@ cleanup() {
     done
     for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
     rm -f "${RUN:-/nonexistent}/www/big"
+    if [[ ${ZT_NETNS:-0} == 1 ]]; then ip netns del wbz-a 2>/dev/null || true; ip netns del wbz-b 2>/dev/null || true; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -139,11 +143,12 @@ trap 'exit 130' INT TERM
 P_APP=$BASE;            P_APP_H2=$((BASE + 1))
 P_W_OUT_HTTP=$((BASE + 10)); P_W_IN_HTTP=$((BASE + 11))
 P_W_OUT_TCP=$((BASE + 12));  P_W_IN_TCP=$((BASE + 13))
+P_W_OUT_HBONE=$((BASE + 14)); P_W_IN_HBONE=$((BASE + 15))
 P_HA_H1=$((BASE + 20));  P_HA_BACK_HTTP=$((BASE + 21)); P_HA_H2=$((BASE + 22))
 P_HA_TCP_FULL=$((BASE + 23)); P_HA_BACK_TCP=$((BASE + 24)); P_HA_TCP_RESUME=$((BASE + 25))
 P_NG_H1=$((BASE + 30)); P_NG_H2=$((BASE + 31)); P_NG_BACK=$((BASE + 32))
 P_NG_FULL=$((BASE + 33)); P_NG_RESUME=$((BASE + 34))
-ALL_PORTS=($P_APP $P_APP_H2 $P_W_OUT_HTTP $P_W_IN_HTTP $P_W_OUT_TCP $P_W_IN_TCP $P_HA_H1 $P_HA_BACK_HTTP
+ALL_PORTS=($P_APP $P_APP_H2 $P_W_OUT_HTTP $P_W_IN_HTTP $P_W_OUT_TCP $P_W_IN_TCP $P_W_OUT_HBONE $P_W_IN_HBONE $P_HA_H1 $P_HA_BACK_HTTP
     $P_HA_H2 $P_HA_TCP_FULL $P_HA_BACK_TCP $P_HA_TCP_RESUME $P_NG_H1 $P_NG_H2 $P_NG_BACK $P_NG_FULL $P_NG_RESUME)
 python3 - "${ALL_PORTS[@]}" <<'PY' || die "ports in use: pick another WARD_BENCH_PORT_BASE"
 import socket, sys
@@ -225,7 +230,7 @@ else
 fi
 export AUDIT_OUT AUDIT_IN
 export NOFILE RUN HERE THREADS NJS_SO CLIENT_ID SERVER_ID CLIENT_SAN_HEX SERVER_SAN_HEX TD
-export C P_APP P_APP_H2 P_W_OUT_HTTP P_W_IN_HTTP P_W_OUT_TCP P_W_IN_TCP P_HA_H1 P_HA_BACK_HTTP P_HA_H2
+export C P_APP P_APP_H2 P_W_OUT_HTTP P_W_IN_HTTP P_W_OUT_TCP P_W_IN_TCP P_W_OUT_HBONE P_W_IN_HBONE P_HA_H1 P_HA_BACK_HTTP P_HA_H2
 export P_HA_TCP_FULL P_HA_BACK_TCP P_HA_TCP_RESUME P_NG_H1 P_NG_H2 P_NG_BACK P_NG_FULL P_NG_RESUME
 for t in app.nginx.conf nginx-out.conf nginx-in.conf haproxy-out.cfg haproxy-in.cfg ward-out.yaml ward-in.yaml; do
     render "$HERE/$t.in" "$RUN/$t"
@@ -367,14 +372,67 @@ if ((SETTLE > 0)); then
     sleep "$SETTLE"
 fi
 
+# The ztunnel pair (WARD_BENCH_ZTUNNEL): ztunnel binds its ports on every address and finds
+# where a connection was going from its original destination, so each ztunnel runs in a
+# network namespace of its own (wbz-a 10.251.0.1 with the client and a REDIRECT to its 15001,
+# wbz-b 10.251.0.2 with a copy of the app); dedicated mode, a local config, its built-in test CA
+# (FAKE_CA needs a build with `--features testing`), HBONE between them on 15008.
+ztunnel_pair() {
+    local zt=$WARD_BENCH_ZTUNNEL n
+    [[ -x $zt ]] || { log "    WARD_BENCH_ZTUNNEL=$zt is not executable: ztunnel pair skipped"; return 1; }
+    [[ $(id -u) == 0 ]] || { log "    the ztunnel pair needs root (network namespaces): skipped"; return 1; }
+    ip netns del wbz-a 2>/dev/null || true; ip netns del wbz-b 2>/dev/null || true
+    ip netns add wbz-a && ip netns add wbz-b
+    ZT_NETNS=1
+    ip link add wbz-a0 type veth peer name wbz-b0
+    ip link set wbz-a0 netns wbz-a && ip link set wbz-b0 netns wbz-b
+    ip -n wbz-a addr add 10.251.0.1/24 dev wbz-a0 && ip -n wbz-b addr add 10.251.0.2/24 dev wbz-b0
+    for n in wbz-a wbz-b; do ip -n $n link set lo up; ip -n $n link set ${n}0 up; done
+    ip netns exec wbz-a iptables -t nat -A OUTPUT -p tcp -m mark --mark 0x539 -j RETURN
+    ip netns exec wbz-a iptables -t nat -A OUTPUT -p tcp -d 127.0.0.0/8 -j RETURN
+    ip netns exec wbz-a iptables -t nat -A OUTPUT -p tcp -j REDIRECT --to-ports 15001
+    cat > "$RUN/ztunnel.yaml" <<ZT
+workloads:
+- {uid: bench//client, name: client, namespace: bench, serviceAccount: client, trustDomain: cluster.local,
+   workloadIps: ["10.251.0.1"], protocol: HBONE, node: a, network: "", services: {}}
+- {uid: bench//server, name: server, namespace: bench, serviceAccount: server, trustDomain: cluster.local,
+   workloadIps: ["10.251.0.2"], protocol: HBONE, node: b, network: "", services: {}}
+policies: []
+services: []
+ZT
+    sed -e 's/127\.0\.0\.1:@P_APP@/10.251.0.2:8080/' -e '/@P_APP_H2@/d' -e 's/app\.nginx\.pid/app-zt.nginx.pid/' \
+        "$HERE/app.nginx.conf.in" > "$RUN/app-zt.nginx.conf.in"
+    render "$RUN/app-zt.nginx.conf.in" "$RUN/app-zt.nginx.conf"
+    start app-zt ip netns exec wbz-b nginx -p "$RUN" -c "$RUN/app-zt.nginx.conf" -e "$RUN/logs/app-zt.error.log" -g "$NGINX_G"
+    for n in a:client b:server; do
+        mkdir -p "$RUN/zt-${n%%:*}"
+        start "ztunnel-${n%%:*}" ip netns exec "wbz-${n%%:*}" env -C "$RUN/zt-${n%%:*}" XDS_ADDRESS="" FAKE_CA=true \
+            LOCAL_XDS_PATH="$RUN/ztunnel.yaml" PROXY_MODE=dedicated PROXY_WORKLOAD_INFO="bench/${n#*:}/${n#*:}" \
+            ENABLE_ORIG_SRC=false PACKET_MARK=1337 ZTUNNEL_WORKER_THREADS="$THREADS" RUST_LOG=warn "$zt"
+    done
+    for _ in $(seq 1 100); do
+        if ip netns exec wbz-a curl -s -o /dev/null --max-time 1 http://127.0.0.1:15021/healthz/ready \
+            && ip netns exec wbz-b curl -s -o /dev/null --max-time 1 http://127.0.0.1:15021/healthz/ready \
+            && [[ $(ip netns exec wbz-a curl -s --max-time 2 http://10.251.0.2:8080/) == ok ]]; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    log "    the ztunnel pair did not answer (logs in $RUN/logs): skipped"
+    return 1
+}
+
 # ---------------------------------------------------------------------------------------------
 # 5. measurements
 # ---------------------------------------------------------------------------------------------
 WRK_LUA=$HERE/wrk-report.lua
-run_wrk() { # scenario target port conns threads [extra wrk args]
+run_wrk() { # scenario target port conns threads [extra wrk args]; $WRK_NS/$WRK_HOST: run wrk
+    # inside that network namespace, against that address (the ztunnel pair)
     local scenario=$1 target=$2 port=$3 conns=$4 threads=$5; shift 5
-    wrk -t "$threads" -c "$conns" -d "${WRK_SECS:-$SECS}s" --timeout 5s -s "$WRK_LUA" "$@" \
-        "http://127.0.0.1:$port/" > "$RUN/out/${scenario}__${target}.txt" 2>&1 || true
+    local -a ns=()
+    [[ -n ${WRK_NS:-} ]] && ns=(ip netns exec "$WRK_NS")
+    "${ns[@]}" wrk -t "$threads" -c "$conns" -d "${WRK_SECS:-$SECS}s" --timeout 5s -s "$WRK_LUA" "$@" \
+        "http://${WRK_HOST:-127.0.0.1}:$port/" > "$RUN/out/${scenario}__${target}.txt" 2>&1 || true
     printf '    %-16s %-8s %s\n' "$scenario" "$target" \
         "$(grep -o 'Requests/sec: *[0-9.]*' "$RUN/out/${scenario}__${target}.txt" || echo failed)" >&2
 }
@@ -410,6 +468,14 @@ log "HTTP/1.1 keep-alive, 32 connections through the tcp-mode pairs (no HTTP wor
 for t in ward haproxy; do run_wrk_cpu ka32tcp "$t" "${FULL[$t]}" 32 2; done
 log "a new connection per request, full handshake between the sidecars"
 for t in "${TARGETS[@]}"; do run_wrk newconn_full "$t" "${FULL[$t]}" 16 2 -H 'Connection: close'; done
+log "a new connection per request, each a CONNECT stream over a pooled HBONE connection"
+run_wrk newconn_hbone ward "$P_W_OUT_HBONE" 16 2 -H 'Connection: close'
+if [[ -n ${WARD_BENCH_ZTUNNEL:-} ]]; then
+    ztunnel_pair && WRK_NS=wbz-a WRK_HOST=10.251.0.2 run_wrk newconn_hbone ztunnel 8080 16 2 -H 'Connection: close'
+else
+    echo "skipped: WARD_BENCH_ZTUNNEL names no ztunnel binary (the ztunnel pair is left out)" > "$RUN/out/newconn_hbone__ztunnel.skipped"
+    log "    ztunnel pair skipped: set WARD_BENCH_ZTUNNEL=/path/to/ztunnel (built with --features testing) to add it"
+fi
 log "a new connection per request, TLS session resumption between the sidecars"
 for t in "${PROXIES[@]}"; do run_wrk newconn_resumed "$t" "${RESUME[$t]}" 16 2 -H 'Connection: close'; done
 log "a new connection per request into the HTTP front (sidecar-to-sidecar connections pooled)"
@@ -458,5 +524,6 @@ record_rss after_load
     echo "openssl=$(openssl version | awk '{print $2}')"
     echo "wrk=$(wrk -v 2>&1 | head -1 | awk '{print $2}')"
     echo "h2load=$(h2load --version 2>&1 | head -1 | awk '{print $NF}')"
+    echo "ztunnel=${WARD_BENCH_ZTUNNEL:-none}"
 } > "$RUN/out/meta.txt"
 python3 "$HERE/report.py" report --raw "$RUN/out" --out "$OUTDIR"

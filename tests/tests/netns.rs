@@ -1019,3 +1019,138 @@ fn loopback_only_app_ports_stay_private_to_the_pod() {
         "the debug server saw the request: {hits}"
     );
 }
+
+/// A TCP echo server on port 7000, every address.
+const ECHO: &str = r#"
+import socket, threading
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("0.0.0.0", 7000)); srv.listen(64)
+def serve(c):
+    with c:
+        while True:
+            d = c.recv(65536)
+            if not d:
+                return
+            c.sendall(d)
+print("listening", flush=True)
+while True:
+    c, _ = srv.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// Connects to argv[1]:7000, sends a line, prints its own address and the echo.
+const ECHO_CLIENT: &str = r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], 7000), timeout=4)
+s.sendall(b"hello over the mesh")
+got = b""
+while len(got) < 19:
+    d = s.recv(100)
+    if not d:
+        break
+    got += d
+print("%s:%d" % s.getsockname(), got.decode())
+"#;
+
+/// `tunnel: auto` between pods: opaque TCP to a peer whose IP answers HBONE on 15008 rides a
+/// pooled tunnel there (B records it on its HBONE listener, with A's app as `forwarded_for`);
+/// to an address of the same pod where nothing answers on 15008, it goes direct, captured into
+/// B's transparent inbound as before.
+#[test]
+fn opaque_tcp_between_pods_rides_hbone_where_the_peer_has_it_and_goes_direct_where_not() {
+    if !netns_ok("opaque_tcp_between_pods_rides_hbone_where_the_peer_has_it_and_goes_direct_where_not") {
+        return;
+    }
+    let mut pair = Pair::new();
+    let dir = open_dir("ward-netns-hbone-");
+    let (_pki, front, back) = pod_svids();
+    // A second address on B, where no HBONE listener is bound.
+    let b_ip2 = format!("{}.3", pair.b_ip.rsplit_once('.').unwrap().0);
+    let b_if = pair.b_if.clone();
+    pair.b
+        .exec(&["ip", "addr", "add", &format!("{b_ip2}/24"), "dev", &b_if]);
+    pair.b
+        .spawn("echo", &["python3", "-c", ECHO], &dir.path().join("b-echo.log"));
+    let b_ref = &pair.b;
+    wait_for(
+        "B's echo app",
+        Duration::from_secs(10),
+        || listening(b_ref, 7000),
+        String::new,
+    );
+    let b_inbound = format!(
+        "inbound:\n  - name: pod\n    listen: 0.0.0.0:15006\n    transparent: true\n    policy: web\n    ports:\n      7000: {{protocol: tcp}}\n  - name: hbone\n    listen: {}:15008\n    hbone: true\n    policy: web\n    ports:\n      7000: {{protocol: tcp}}\n",
+        pair.b_ip
+    );
+    let b_policies = format!(
+        "policies:\n  web:\n    default: deny\n    rules:\n      - name: frontend\n        action: allow\n        from: [\"{FRONTEND}\"]\n"
+    );
+    let b_ward = start_ward(
+        &mut pair.b,
+        dir.path(),
+        "ward-b",
+        &pod_config(&back, Path::new("AUDIT_PATH"), &b_inbound, "", &b_policies),
+    );
+    let a_outbound = format!(
+        "outbound:\n  - name: mesh\n    listen: 127.0.0.1:15001\n    transparent: true\n    routes:\n      - to: {}\n        server_id: \"{BACKEND}\"\n    default: deny\n",
+        pair.subnet
+    );
+    let a_ward = start_ward(
+        &mut pair.a,
+        dir.path(),
+        "ward-a",
+        &pod_config(&front, Path::new("AUDIT_PATH"), "", &a_outbound, ""),
+    );
+    let ward = ward_bin();
+    let ward = ward.to_str().unwrap();
+    pair.a.exec(&[ward, "iptables", "install"]);
+    pair.b.exec(&[ward, "iptables", "install"]);
+
+    let call = |ip: &str| {
+        let (ok, out, err) = pair
+            .a
+            .try_exec(&["python3", "-c", ECHO_CLIENT, ip], Duration::from_secs(8));
+        assert!(
+            ok && out.contains("hello over the mesh"),
+            "A -> {ip}:7000: {err}\n{out}\n{}\n{}",
+            a_ward.dump(),
+            b_ward.dump()
+        );
+        out.split_whitespace().next().unwrap_or_default().to_owned()
+    };
+    let tunnelled_from = call(&pair.b_ip);
+    let direct_from = call(&b_ip2);
+    let allow_on = |listener: &str, dst: String| {
+        wait_for(
+            &format!("B's allow on {listener} for {dst}"),
+            Duration::from_secs(5),
+            || {
+                b_ward.records().iter().any(|r| {
+                    r["kind"] == "authz"
+                        && r["decision"] == "allow"
+                        && r["listener"] == listener
+                        && r["dst"] == dst.as_str()
+                })
+            },
+            || format!("{}\n{}", a_ward.dump(), b_ward.dump()),
+        );
+        b_ward
+            .records()
+            .into_iter()
+            .find(|r| r["kind"] == "authz" && r["listener"] == listener && r["dst"] == dst.as_str())
+            .unwrap()
+    };
+    let over_hbone = allow_on("hbone", format!("{}:7000", pair.b_ip));
+    assert_eq!(over_hbone["peer_id"], FRONTEND);
+    assert_eq!(
+        over_hbone["forwarded_for"],
+        tunnelled_from.as_str(),
+        "B records A's app, named in the CONNECT's forwarded header"
+    );
+    let direct = allow_on("pod", format!("{b_ip2}:7000"));
+    assert_eq!(direct["peer_id"], FRONTEND);
+    assert!(direct["forwarded_for"].is_null(), "{direct}");
+    assert!(!direct_from.is_empty());
+    let a_log = std::fs::read_to_string(&a_ward.log).unwrap_or_default();
+    assert!(a_log.contains("no HBONE listener there"), "{}", a_ward.dump());
+}

@@ -290,7 +290,11 @@ async fn handle(
         // A server that chose no HTTP in ALPN (an opaque inbound) gets the app's bytes as they
         // are, on a connection of their own.
         if Box::pin(pool.learn()).await == Speaks::Opaque {
-            Box::pin(serve_tcp(app, addr, expect, ob, shared, info, started)).await;
+            if expect.tunnel == Reach::Auto && ob.hbone.may_tunnel(addr.ip()) {
+                Box::pin(serve_hbone(app, addr, expect, ob, shared, info, started, true)).await;
+            } else {
+                Box::pin(serve_tcp(app, addr, expect, ob, shared, info, started)).await;
+            }
             return;
         }
         // Boxed: the large HTTP connection state is allocated only for connections that get
