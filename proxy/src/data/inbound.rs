@@ -80,16 +80,9 @@ pub async fn serve(
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
 ) {
-    let caps = Caps {
-        name: &ib.name,
-        open: &ib.open,
-        max: ib.max_connections,
-        metrics: &ib.metrics,
-        pending: Some((&ib.pending, ib.spec.max_pending_per_source)),
-    };
     accept::serve(
         &listener,
-        caps,
+        ib.caps(),
         (&shared.open, &shared.metrics),
         stop,
         |tcp, src, guard, pending| {
@@ -123,6 +116,17 @@ impl Inbound {
             ));
         }
         Ok(self.app_at(dst))
+    }
+
+    /// What its accept loop holds it to: its connection cap and the per-source handshake cap.
+    pub(crate) fn caps(&self) -> Caps<'_> {
+        Caps {
+            name: &self.name,
+            open: &self.open,
+            max: self.max_connections,
+            metrics: &self.metrics,
+            pending: Some((&self.pending, self.spec.max_pending_per_source)),
+        }
     }
 
     /// The app and rules for a connection the peer addressed to `dst` (the original

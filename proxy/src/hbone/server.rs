@@ -29,7 +29,7 @@ use ward_filters::Decision;
 
 use crate::audit::{ConnInfo, Direction};
 use crate::config::Protocol;
-use crate::data::accept::{self, Caps, ConnGuard, PendingGuard};
+use crate::data::accept::{self, ConnGuard, PendingGuard};
 use crate::data::inbound::{self, Accepted, Inbound, PeerCtx, Target};
 use crate::data::live::Scope;
 use crate::data::mtls::{self, Alpn, MtlsError};
@@ -48,16 +48,9 @@ pub async fn serve(
     stop: watch::Receiver<bool>,
 ) {
     let metrics = Arc::new(shared.metrics.hbone(&ib.name, Direction::Inbound));
-    let caps = Caps {
-        name: &ib.name,
-        open: &ib.open,
-        max: ib.max_connections,
-        metrics: &ib.metrics,
-        pending: Some((&ib.pending, ib.spec.max_pending_per_source)),
-    };
     accept::serve(
         &listener,
-        caps,
+        ib.caps(),
         (&shared.open, &shared.metrics),
         stop,
         |tcp, src, guard, pending| {
