@@ -268,7 +268,7 @@ impl Metrics {
         );
         registry.register(
             "hbone_streams",
-            "HBONE CONNECT streams, by result: ok (tunnelled), or why not (denied, bad_method, bad_authority, port_not_allowed, unreachable, overload; outbound: peer_denied, peer_refused, upstream_failed, not_hbone, a handshake reason)",
+            "HBONE CONNECT streams, by result: ok (tunnelled), or why not (denied, bad_method, bad_authority, port_not_allowed, unreachable, overload; outbound: peer_denied, peer_refused, upstream_failed, not_hbone, no_hbone, a handshake reason)",
             m.hbone_streams.clone(),
         );
         registry.register(

@@ -43,6 +43,9 @@ pub enum HboneError {
     /// A TLS server answered at the tunnel address but chose no ALPN `h2`.
     #[error("{0} chose no ALPN h2: it is no HBONE listener")]
     NotHbone(SocketAddr),
+    /// The tunnel address answered no HBONE a moment ago (for `tunnel: auto`).
+    #[error("{0} answered no HBONE lately")]
+    NoListener(SocketAddr),
     #[error("HTTP/2 with {addr}: {detail}")]
     H2 { addr: SocketAddr, detail: String },
     /// The server's policy refused the stream (401, or 403).
@@ -74,6 +77,7 @@ impl HboneError {
         match self {
             HboneError::Mtls(e) => e.reason(),
             HboneError::NotHbone(_) => "not_hbone",
+            HboneError::NoListener(_) => "no_hbone",
             HboneError::H2 { .. } => "h2",
             HboneError::Denied { .. } => "peer_denied",
             HboneError::Refused { .. } => "peer_refused",
@@ -87,7 +91,7 @@ impl HboneError {
     pub fn no_hbone(&self) -> bool {
         matches!(
             self,
-            HboneError::NotHbone(_) | HboneError::Mtls(MtlsError::Dial(_))
+            HboneError::NotHbone(_) | HboneError::NoListener(_) | HboneError::Mtls(MtlsError::Dial(_))
         )
     }
 
@@ -236,13 +240,23 @@ impl HbonePool {
         };
         let slot = {
             let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-            // Keys whose connections are all gone (and nobody is connecting) go.
-            slots.retain(|_, s| Arc::strong_count(s) > 1 || s.try_lock().map_or(true, |l| !l.is_empty()));
+            // Keys whose connections have all ended (and nobody is connecting) go, with their
+            // entries among the live connections: pod IPs come and go.
+            slots.retain(|_, s| {
+                Arc::strong_count(s) > 1
+                    || s.try_lock()
+                        .map_or(true, |l| l.iter().any(|link| !link.send.is_closed()))
+            });
             slots.entry(key).or_default().clone()
         };
         // Streams to one key wait for the same connect: a burst opens one connection.
         let (link, lease) = {
             let mut links = slot.lock().await;
+            // Streams that queued behind a connect which found no HBONE there fail at once
+            // (`tunnel: auto` then goes direct) rather than each dialling again in turn.
+            if !self.may_tunnel(addr.ip()) {
+                return Err(HboneError::NoListener(addr));
+            }
             links.retain(|l| {
                 if l.send.is_closed() {
                     return false;
