@@ -270,16 +270,10 @@ async fn handle(
         Protocol::Tcp => Alpn::None,
         Protocol::Http | Protocol::Auto => Alpn::Http,
     };
-    let (stream, peer) = match mtls::accept(tcp, alpn, ib.handshake_timeout, &shared.store).await {
-        Ok(accepted) => accepted,
-        Err(e) => {
-            tracing::debug!(listener = %ib.name, %src, reason = e.reason(), detail = %e, "inbound handshake failed");
-            shared.record(&e.record(&info, None));
-            return;
-        }
+    let Some((stream, peer)) = handshake(tcp, alpn, &ib, &shared, &mut info).await else {
+        return;
     };
     drop(pending);
-    peer.mark(&mut info);
     let ctx = PeerCtx::mtls(&ib, &shared, peer);
     let detected = match (target.protocol, stream.get_ref().1.alpn_protocol()) {
         (Protocol::Tcp, _) => Some(Detected::Opaque),
@@ -388,6 +382,28 @@ where
         live.closed(),
     )
     .await;
+}
+
+/// The mTLS handshake of a connection on an inbound or HBONE listener: the peer, marked in
+/// `info`, or `None` with the failure recorded.
+pub(crate) async fn handshake(
+    tcp: TcpStream,
+    alpn: Alpn,
+    ib: &Inbound,
+    shared: &Shared,
+    info: &mut ConnInfo,
+) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, PeerIdentity)> {
+    match mtls::accept(tcp, alpn, ib.handshake_timeout, &shared.store).await {
+        Ok((stream, peer)) => {
+            peer.mark(info);
+            Some((stream, peer))
+        }
+        Err(e) => {
+            tracing::debug!(listener = %ib.name, src = %info.src, reason = e.reason(), detail = %e, "inbound handshake failed");
+            shared.record(&e.record(info, None));
+            None
+        }
+    }
 }
 
 /// Opaque bytes from a peer (registered among the live connections first): the connection

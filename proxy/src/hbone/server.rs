@@ -32,7 +32,7 @@ use crate::config::Protocol;
 use crate::data::accept::{self, ConnGuard, PendingGuard};
 use crate::data::inbound::{self, Accepted, Inbound, PeerCtx, Target};
 use crate::data::live::Scope;
-use crate::data::mtls::{self, Alpn, MtlsError};
+use crate::data::mtls::{Alpn, MtlsError};
 use crate::data::sniff::{self, Detected};
 use crate::data::tcp;
 use crate::hbone::wire;
@@ -107,16 +107,10 @@ async fn handle(
         shared.record(&MtlsError::NoIdentity.record(&info, None));
         return;
     }
-    let (stream, peer) = match mtls::accept(tcp, Alpn::H2, ib.handshake_timeout, &shared.store).await {
-        Ok(accepted) => accepted,
-        Err(e) => {
-            tracing::debug!(listener = %ib.name, %src, reason = e.reason(), detail = %e, "HBONE handshake failed");
-            shared.record(&e.record(&info, None));
-            return;
-        }
+    let Some((stream, peer)) = inbound::handshake(tcp, Alpn::H2, &ib, &shared, &mut info).await else {
+        return;
     };
     drop(pending);
-    peer.mark(&mut info);
     if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
         shared.record(&info.handshake_failed(
             "not_hbone",
