@@ -24,6 +24,8 @@
 use std::path::PathBuf;
 
 mod pod;
+pub mod review;
+pub mod serve;
 mod yaml;
 
 use pod::*;
@@ -35,13 +37,34 @@ pub use yaml::{Mapping, Yaml, parse_documents, to_yaml};
 
 /// `ward inject` options.
 #[derive(Debug, Clone, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct InjectArgs {
+    #[command(subcommand)]
+    pub command: Option<InjectCommand>,
     /// The manifests to read (multi-document YAML); `-` reads stdin.
-    #[arg(short = 'f', long = "filename", value_name = "FILE")]
-    pub file: PathBuf,
+    #[arg(short = 'f', long = "filename", value_name = "FILE", required = true)]
+    pub file: Option<PathBuf>,
     /// Where to write the result (default: stdout).
     #[arg(short, long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub pod: PodArgs,
+}
+
+/// `ward inject serve`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum InjectCommand {
+    /// The injection webhook: answers the API server's AdmissionReviews for Pod CREATE over
+    /// HTTPS, injecting exactly what `ward inject -f` would.
+    #[command(
+        after_help = "Example (in the webhook's Deployment, see deploy/kubernetes/webhook.yaml):\n  ward inject serve --cert /tls/tls.crt --key /tls/tls.key --failure-policy fail\n\nEndpoints: POST /inject (namespaces labelled ward.dev/inject=enabled: every pod unless annotated\nward.dev/inject: \"false\"), POST /inject/opt-in (other namespaces: pods annotated ward.dev/inject: \"true\");\nGET /live /ready /metrics on --probes."
+    )]
+    Serve(serve::ServeArgs),
+}
+
+/// What goes into a pod: shared by `ward inject -f` and `ward inject serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PodArgs {
     /// The ward container image.
     #[arg(long, default_value = DEFAULT_IMAGE)]
     pub image: String,
@@ -56,8 +79,8 @@ pub struct InjectArgs {
     pub config_map: String,
 }
 
-impl From<&InjectArgs> for Options {
-    fn from(a: &InjectArgs) -> Self {
+impl From<&PodArgs> for Options {
+    fn from(a: &PodArgs) -> Self {
         Options {
             image: a.image.clone(),
             init_image: a.init_image.clone(),
@@ -125,14 +148,68 @@ fn chunks(text: &str) -> Vec<Chunk<'_>> {
 }
 
 /// What injection did to one document.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// A workload: ward added (or re-added) to its pod template.
     Injected,
-    /// A workload annotated `ward.dev/inject: "false"`.
-    Skipped,
+    /// A workload left as it is, and why.
+    Skipped(Skip),
     /// Not a workload.
     Unchanged,
+}
+
+/// Why a pod is left without ward. The CLI meets the first two; the webhook all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// Annotated `ward.dev/inject: "false"`.
+    OptedOut,
+    /// `hostNetwork: true`: the capture rules would be programmed into the node's own network
+    /// namespace, and ward's ports would collide with the node's.
+    HostNetwork,
+    /// ward's containers or `ward.dev/status` are already there (a re-invocation, or a pod
+    /// injected by `ward inject` before it reached the API server).
+    AlreadyInjected,
+    /// A pod in the webhook's own namespace: ward's own pods must start without ward.
+    OwnNamespace,
+    /// A pod in kube-system, kube-public or kube-node-lease.
+    SystemNamespace,
+}
+
+impl Skip {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Skip::OptedOut => "opted_out",
+            Skip::HostNetwork => "host_network",
+            Skip::AlreadyInjected => "already_injected",
+            Skip::OwnNamespace => "own_namespace",
+            Skip::SystemNamespace => "system_namespace",
+        }
+    }
+
+    /// Why, in words for the user.
+    pub fn why(self) -> &'static str {
+        match self {
+            Skip::OptedOut => "annotated ward.dev/inject: \"false\"",
+            Skip::HostNetwork => {
+                "it uses hostNetwork: true; capture would rewrite the node's own network rules, so it runs without ward"
+            }
+            Skip::AlreadyInjected => "ward is already in it",
+            Skip::OwnNamespace => "it is in the injection webhook's own namespace",
+            Skip::SystemNamespace => "it is in a Kubernetes system namespace",
+        }
+    }
+}
+
+/// Reads a `ward.dev/inject` annotation value: `Ok(true)` to inject, `Ok(false)` to skip.
+pub fn inject_annotation(value: &str) -> Result<bool, String> {
+    match value.trim() {
+        "false" | "disabled" | "no" => Ok(false),
+        "true" | "enabled" | "yes" | "" => Ok(true),
+        other => Err(format!(
+            "annotation ward.dev/inject is {other:?}: write \"true\" or \"false\""
+        )),
+    }
 }
 
 /// The result of injecting a whole text.
@@ -247,7 +324,7 @@ pub fn inject_document(
                     .map_err(|e| format!("items[{i}] ({} {}): {e}", what.0, what.1))?
                 {
                     Outcome::Injected => any = Outcome::Injected,
-                    Outcome::Skipped if any == Outcome::Unchanged => any = Outcome::Skipped,
+                    Outcome::Skipped(why) if any == Outcome::Unchanged => any = Outcome::Skipped(why),
                     _ => {}
                 }
             }
@@ -281,16 +358,10 @@ pub fn inject_document(
             .find(|(k, _)| k == &format!("{ANNOTATION_PREFIX}{key}"))
             .map(|(_, v)| v.clone())
     };
-    if let Some(v) = note("inject") {
-        match v.trim() {
-            "false" | "disabled" | "no" => return Ok(Outcome::Skipped),
-            "true" | "enabled" | "yes" | "" => {}
-            other => {
-                return Err(format!(
-                    "annotation ward.dev/inject is {other:?}: write \"true\" or \"false\""
-                ));
-            }
-        }
+    if let Some(v) = note("inject")
+        && !inject_annotation(&v)?
+    {
+        return Ok(Outcome::Skipped(Skip::OptedOut));
     }
     let capture = capture_args(&note)?;
     let config_map = note("config-map");
@@ -308,6 +379,13 @@ pub fn inject_document(
                 .join(".")
         ));
     };
+    if matches!(spec.get("hostNetwork"), Some(Yaml::Bool(true))) {
+        warnings.push(format!(
+            "{kind} {name}: not injected: {}",
+            Skip::HostNetwork.why()
+        ));
+        return Ok(Outcome::Skipped(Skip::HostNetwork));
+    }
     probe_warnings(spec, &kind, &name, warnings);
     inject_pod_spec(spec, opts, &capture)?;
     if let Some(notes) = template
@@ -322,18 +400,23 @@ pub fn inject_document(
 /// `ward inject`: reads, injects, writes; warnings go to stderr.
 pub fn run(args: &InjectArgs) -> Result<(), String> {
     use std::io::Read as _;
-    let (text, source_name) = if args.file.as_os_str() == "-" {
+    let file = match (&args.command, &args.file) {
+        (Some(InjectCommand::Serve(serve)), _) => return serve::run(serve),
+        (None, Some(file)) => file,
+        (None, None) => return Err("give the manifests with -f FILE (or -f - for stdin)".into()),
+    };
+    let (text, source_name) = if file.as_os_str() == "-" {
         let mut s = String::new();
         std::io::stdin()
             .read_to_string(&mut s)
             .map_err(|e| format!("stdin: cannot read it as UTF-8 text: {e}"))?;
         (s, "stdin".to_owned())
     } else {
-        let s = std::fs::read_to_string(&args.file)
-            .map_err(|e| format!("{}: cannot read it: {e}", args.file.display()))?;
-        (s, args.file.display().to_string())
+        let s =
+            std::fs::read_to_string(file).map_err(|e| format!("{}: cannot read it: {e}", file.display()))?;
+        (s, file.display().to_string())
     };
-    let injected = inject_text(&text, &source_name, &Options::from(args)).map_err(|e| e.to_string())?;
+    let injected = inject_text(&text, &source_name, &Options::from(&args.pod)).map_err(|e| e.to_string())?;
     for w in &injected.warnings {
         eprintln!("warning: {w}");
     }
@@ -353,6 +436,11 @@ pub fn run(args: &InjectArgs) -> Result<(), String> {
         .iter()
         .filter(|(_, o)| *o == Outcome::Injected)
         .count();
+    for (what, outcome) in &injected.documents {
+        if let Outcome::Skipped(why) = outcome {
+            eprintln!("ward inject: {what} skipped: {}", why.why());
+        }
+    }
     eprintln!(
         "ward inject: {n} workload(s) injected, {} document(s) read",
         injected.documents.len()
@@ -360,5 +448,7 @@ pub fn run(args: &InjectArgs) -> Result<(), String> {
     Ok(())
 }
 
+#[cfg(test)]
+mod review_tests;
 #[cfg(test)]
 mod tests;

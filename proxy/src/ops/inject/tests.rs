@@ -311,14 +311,14 @@ fn annotations_are_honoured() {
     let off = with("        ward.dev/inject: \"false\"\n");
     let out = inject(&off);
     assert_eq!(out.yaml, off);
-    assert_eq!(out.documents[0].1, Outcome::Skipped);
+    assert_eq!(out.documents[0].1, Outcome::Skipped(Skip::OptedOut));
 
     // On the workload's own metadata too.
     let off = workload("StatefulSet").replace(
         "metadata:\n  name: statefulset\n",
         "metadata:\n  name: statefulset\n  annotations: {ward.dev/inject: \"false\"}\n",
     );
-    assert_eq!(inject(&off).documents[0].1, Outcome::Skipped);
+    assert_eq!(inject(&off).documents[0].1, Outcome::Skipped(Skip::OptedOut));
 }
 
 #[test]
@@ -465,4 +465,22 @@ fn app_probes_through_ward_are_warned_about() {
     let out = inject(&text);
     assert_eq!(out.warnings.len(), 1, "{:?}", out.warnings);
     assert!(out.warnings[0].contains("readinessProbe") && out.warnings[0].contains("8080"));
+}
+
+#[test]
+fn host_network_pods_are_skipped_with_a_warning() {
+    let text = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: node-agent\nspec:\n  hostNetwork: true\n  containers:\n  - name: agent\n    image: agent:1\n";
+    let out = inject_text(text, "t", &Options::default()).unwrap();
+    assert_eq!(out.yaml, text, "a host-network pod is written back as it was");
+    assert_eq!(out.documents[0].1, Outcome::Skipped(Skip::HostNetwork));
+    assert!(
+        out.warnings
+            .iter()
+            .any(|w| w.contains("Pod node-agent") && w.contains("hostNetwork")),
+        "{:?}",
+        out.warnings
+    );
+    // hostNetwork: false is an ordinary pod.
+    let out = inject_text(&text.replace("true", "false"), "t", &Options::default()).unwrap();
+    assert_eq!(out.documents[0].1, Outcome::Injected);
 }
