@@ -23,6 +23,8 @@
 //! - `metrics`: the admin server's Prometheus metrics ([`Metrics`], [`wait_metrics`]).
 //! - `hbone`: HBONE peers of the tests' own, from the wire format with the `h2` crate
 //!   ([`HboneClient`] and its [`Tunnel`]s, [`HboneServer`] and the [`SeenConnect`]s it saw).
+//! - `kube`: Kubernetes manifests validated offline against the published schemas
+//!   ([`validate_manifests`], [`validate_manifest_text`]).
 //! - `dirs`: files that change all at once ([`write_atomic`], [`AtomicDir`],
 //!   [`svid_dir_files`]).
 //!
@@ -34,6 +36,7 @@
 mod apps;
 mod dirs;
 mod hbone;
+mod kube;
 mod metrics;
 mod pair;
 mod pki;
@@ -45,6 +48,7 @@ mod yaml;
 pub use apps::*;
 pub use dirs::*;
 pub use hbone::*;
+pub use kube::*;
 pub use metrics::*;
 pub use pair::*;
 pub use pki::*;

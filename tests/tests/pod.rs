@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use ward_e2e::{Output, Pki, run, ward_bin};
+use ward_e2e::{Output, Pki, run, validate_manifest_text, ward_bin};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -81,6 +81,8 @@ fn inject_reads_stdin_and_writes_stdout() {
         out.stderr()
     );
 
+    validate_manifest_text("injected.yaml", &yaml);
+
     // Idempotent through the binary too.
     let again = ward_stdin(&["inject", "-f", "-"], &yaml);
     assert_eq!(again.code(), 0, "{}", again.stderr());
@@ -116,6 +118,13 @@ fn inject_file_to_file_with_options() {
     assert!(yaml.contains("driver: csi.spiffe.io"), "{yaml}");
     assert!(yaml.contains("SPIFFE_ENDPOINT_SOCKET"), "{yaml}");
     assert!(yaml.contains("name: mesh-config"), "{yaml}");
+    validate_manifest_text("injected-spire.yaml", &yaml);
+
+    // The hostPath flavour of the SPIRE socket too.
+    let out = ward_stdin(&["inject", "-f", "-", "--identity", "spire-hostpath"], DEPLOYMENT);
+    assert_eq!(out.code(), 0, "{}", out.stderr());
+    assert!(out.stdout().contains("hostPath"), "{}", out.stdout());
+    validate_manifest_text("injected-hostpath.yaml", &out.stdout());
 }
 
 #[test]
@@ -171,6 +180,7 @@ fn the_kubernetes_example_injects_and_its_configs_check() {
         yaml.contains("name: ward-backend") && yaml.contains("name: ward-frontend"),
         "{yaml}"
     );
+    validate_manifest_text("app-injected.yaml", &yaml);
 
     let pki = Pki::new("cluster.local");
     let svid = pki.issue("csi", "spiffe://cluster.local/ns/default/sa/backend");
