@@ -233,6 +233,32 @@ impl Pair {
     }
 }
 
+impl Pair {
+    /// [`Pair::new`] plus IPv6: A at fd00:250:X::1, B at fd00:250:X::2 (no duplicate address
+    /// detection, so the addresses work at once).
+    fn dual_stack() -> (Pair, String, String, String) {
+        let pair = Pair::new();
+        let x = pair.subnet.split('.').nth(2).unwrap_or("1").to_owned();
+        let (a6, b6) = (format!("fd00:250:{x}::1"), format!("fd00:250:{x}::2"));
+        let a_if = pair.b_if.replacen("wb", "wa", 1);
+        for (ns, ip, dev) in [(&pair.a, &a6, &a_if), (&pair.b, &b6, &pair.b_if)] {
+            sh(&[
+                "ip",
+                "-n",
+                &ns.name,
+                "-6",
+                "addr",
+                "add",
+                &format!("{ip}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ]);
+        }
+        (pair, a6, b6, format!("fd00:250:{x}::/64"))
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Files readable by the proxy's UID
 
@@ -1153,4 +1179,261 @@ fn opaque_tcp_between_pods_rides_hbone_where_the_peer_has_it_and_goes_direct_whe
     assert!(!direct_from.is_empty());
     let a_log = std::fs::read_to_string(&a_ward.log).unwrap_or_default();
     assert!(a_log.contains("no HBONE listener there"), "{}", a_ward.dump());
+}
+
+// ---------------------------------------------------------------------------------------------
+// IPv6
+
+/// Two dual-stack pods: ward's inbound on `[::]:15006` (one socket for both families) and its
+/// outbound on `127.0.0.1:15001` and `[::1]:15001` (where ip6tables' REDIRECT sends a pod's
+/// own IPv6 connections). Calls both ways over IPv6, and over IPv4 on the same listeners, are
+/// captured, cross the veth as TLS only, arrive with the peer's SPIFFE ID, and are recorded
+/// with the original destination the caller dialled.
+#[test]
+fn ipv6_pods_talk_both_ways_through_captured_mtls() {
+    if !netns_ok("ipv6_pods_talk_both_ways_through_captured_mtls") {
+        return;
+    }
+    for tool in ["ip6tables-save", "ip6tables-restore"] {
+        require_tool(tool);
+    }
+    let (mut pair, a6, b6, subnet6) = Pair::dual_stack();
+    let dir = open_dir("ward-netns6-");
+    let (_pki, front, back) = pod_svids();
+    let marker = format!("WARDV6MARKER{}", std::process::id());
+    let request_marker = format!("WARDV6REQ{}", std::process::id());
+
+    // An app on 8080 in each pod, on both families (ward forwards to the address the peer
+    // dialled).
+    let app6 = APP.replace(
+        "servers = [S((\"0.0.0.0\", p), H) for p in ports]",
+        "class S6(S):\n    address_family = __import__('socket').AF_INET6\nservers = [S6((\"::\", p), H) for p in ports]",
+    );
+    assert_ne!(app6, APP);
+    let mut hits = Vec::new();
+    for (ns, name) in [(&mut pair.a, "a"), (&mut pair.b, "b")] {
+        let h = dir.path().join(format!("{name}-hits.log"));
+        let log = dir.path().join(format!("{name}-app.log"));
+        let tag = format!("{marker}-{name}");
+        ns.spawn(
+            "app",
+            &["python3", "-c", &app6, &tag, h.to_str().unwrap(), "8080"],
+            &log,
+        );
+        hits.push(h);
+    }
+    for ns in [&pair.a, &pair.b] {
+        wait_for(
+            "the apps",
+            Duration::from_secs(10),
+            || listening(ns, 8080),
+            String::new,
+        );
+    }
+
+    // Each pod: its peer's v4 and v6 addresses are mesh routes with the peer's SPIFFE ID;
+    // its inbound admits only the peer.
+    let config = |svid: &SvidFiles, peer_id: &str, peer_v4: &str, peer_v6: &str| {
+        let routes = format!(
+            "    transparent: true\n    routes:\n      - to: {peer_v4}/32\n        server_id: \"{peer_id}\"\n      - to: {peer_v6}/128\n        server_id: \"{peer_id}\"\n    default: deny\n"
+        );
+        let outbound = format!(
+            "outbound:\n  - name: mesh\n    listen: 127.0.0.1:15001\n{routes}  - name: mesh6\n    listen: \"[::1]:15001\"\n{routes}"
+        );
+        let inbound = "inbound:\n  - name: pod\n    listen: \"[::]:15006\"\n    transparent: true\n    protocol: auto\n    policy: web\n";
+        let policies = format!(
+            "policies:\n  web:\n    default: deny\n    rules:\n      - name: peer\n        action: allow\n        from: [\"{peer_id}\"]\n"
+        );
+        pod_config(svid, Path::new("AUDIT_PATH"), inbound, &outbound, &policies)
+    };
+    let a_ward = start_ward(
+        &mut pair.a,
+        dir.path(),
+        "ward-a",
+        &config(&front, BACKEND, &pair.b_ip, &b6),
+    );
+    let b_ward = start_ward(
+        &mut pair.b,
+        dir.path(),
+        "ward-b",
+        &config(&back, FRONTEND, &pair.a_ip, &a6),
+    );
+    let ward = ward_bin();
+    let ward = ward.to_str().unwrap();
+    let before: Vec<String> = [&pair.a, &pair.b]
+        .iter()
+        .map(|ns| iptables_save_all(ns))
+        .collect();
+    pair.a.exec(&[ward, "iptables", "install", "--ipv6", "on"]);
+    pair.b.exec(&[ward, "iptables", "install", "--ipv6", "on"]);
+
+    // Watch the wire.
+    let pcap = dir.path().join("veth6.pcap");
+    let tcpdump_log = dir.path().join("tcpdump6.log");
+    let b_if = pair.b_if.clone();
+    let tcpdump_pid = pair.b.spawn(
+        "tcpdump",
+        &[
+            "tcpdump",
+            "-i",
+            &b_if,
+            "--immediate-mode",
+            "-U",
+            "-n",
+            "-s",
+            "0",
+            "-w",
+            pcap.to_str().unwrap(),
+            "tcp",
+        ],
+        &tcpdump_log,
+    );
+    wait_for(
+        "tcpdump to listen",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(&tcpdump_log)
+                .unwrap_or_default()
+                .contains("listening on")
+        },
+        || std::fs::read_to_string(&tcpdump_log).unwrap_or_default(),
+    );
+
+    let dump = || {
+        let state = |ns: &Netns| {
+            let (_, ss, _) = ns.try_exec(&["ss", "-tlnp"], Duration::from_secs(5));
+            format!("--- {} ---\n{ss}{}", ns.name, iptables_save_all(ns))
+        };
+        format!(
+            "{}\n{}\n{}\n{}",
+            a_ward.dump(),
+            b_ward.dump(),
+            state(&pair.a),
+            state(&pair.b)
+        )
+    };
+
+    // A -> B and B -> A over IPv6, then over IPv4 through the same dual-stack inbound socket.
+    let calls = [
+        (
+            &pair.a,
+            &a_ward,
+            &b_ward,
+            format!("[{b6}]:8080"),
+            "b",
+            FRONTEND,
+            a6.clone(),
+        ),
+        (
+            &pair.b,
+            &b_ward,
+            &a_ward,
+            format!("[{a6}]:8080"),
+            "a",
+            BACKEND,
+            b6.clone(),
+        ),
+        (
+            &pair.a,
+            &a_ward,
+            &b_ward,
+            format!("{}:8080", pair.b_ip),
+            "b",
+            FRONTEND,
+            pair.a_ip.clone(),
+        ),
+    ];
+    for (from, caller, callee, dst, answers, caller_id, caller_ip) in &calls {
+        let url = format!("http://{dst}/{request_marker}");
+        let (ok, body, err) = curl_in(from, &url, None);
+        assert!(
+            ok && body.contains(&format!("{marker}-{answers}")),
+            "{url}: {err}\nbody: {body}\n{}",
+            dump()
+        );
+        assert!(
+            body.contains(caller_id),
+            "the app did not see the caller's SPIFFE ID: {body}"
+        );
+        // The callee records the caller's address and the destination the caller dialled.
+        wait_for(
+            &format!("the callee's allow for {dst}"),
+            Duration::from_secs(5),
+            || {
+                callee.records().iter().any(|r| {
+                    r["kind"] == "request"
+                        && r["decision"] == "allow"
+                        && r["peer_id"] == *caller_id
+                        && r["dst"] == dst.as_str()
+                        && r["src"].as_str().is_some_and(|s| s.contains(caller_ip.as_str()))
+                })
+            },
+            dump,
+        );
+        // ... and so does the caller's outbound.
+        wait_for(
+            &format!("the caller's outbound record for {dst}"),
+            Duration::from_secs(5),
+            || caller.records().iter().any(|r| r["dst"] == dst.as_str()),
+            dump,
+        );
+    }
+    let seen_b = std::fs::read_to_string(&hits[1]).unwrap_or_default();
+    assert_eq!(
+        seen_b.matches(&format!("/{request_marker}")).count(),
+        2,
+        "{seen_b}"
+    );
+
+    // A caller that bypasses its sidecar (the proxy's UID) gets no plaintext answer over IPv6.
+    let (_, body, _) = curl_in(&pair.a, &format!("http://[{b6}]:8080/bypass"), Some(PROXY_UID));
+    assert!(
+        !body.contains(&marker),
+        "a bypassing IPv6 caller got B's answer: {body}"
+    );
+    // An IPv6 destination no route covers: default deny.
+    let (_, body, _) = curl_in(&pair.a, "http://[fd00:250:ffff::9]:8080/unrouted", None);
+    assert!(!body.contains(&marker), "{body}");
+
+    // The wire carried TLS, never the request or an answer.
+    sh(&["kill", "-INT", &tcpdump_pid.to_string()]);
+    std::thread::sleep(Duration::from_millis(500));
+    pair.b.kill("tcpdump");
+    let wire = std::fs::read(&pcap).expect("read pcap");
+    let has = |needle: &[u8]| wire.windows(needle.len()).any(|w| w == needle);
+    assert!(has(&[0x17, 0x03, 0x03]), "no TLS application data on the wire");
+    assert!(
+        !has(request_marker.as_bytes()),
+        "a request crossed the veth in plaintext"
+    );
+    assert!(!has(marker.as_bytes()), "an answer crossed the veth in plaintext");
+    // IPv6 packets (ethertype 0x86dd) between the pods' addresses were among them.
+    let b6_bytes: Vec<u8> = b6.parse::<std::net::Ipv6Addr>().unwrap().octets().to_vec();
+    assert!(has(&b6_bytes), "no packet to or from {b6} on the wire");
+    let _ = &subnet6;
+
+    // Uninstall leaves both families' rules and chains as they were (iptables-nft keeps the
+    // now empty nat table it made, with its built-in chains at policy ACCEPT: no rule at all).
+    pair.a.exec(&[ward, "iptables", "uninstall"]);
+    pair.b.exec(&[ward, "iptables", "uninstall"]);
+    for (ns, before) in [&pair.a, &pair.b].iter().zip(&before) {
+        let after = iptables_save_all(ns);
+        assert!(
+            !after.contains("WARD"),
+            "ward's rules left in {}:\n{after}",
+            ns.name
+        );
+        let strip = |t: &str| {
+            t.lines()
+                .filter(|l| l.starts_with('-') || (l.starts_with(':') && !l.contains(" ACCEPT ")))
+                .map(|l| format!("{l}\n"))
+                .collect::<String>()
+        };
+        assert_eq!(
+            strip(&after),
+            strip(before),
+            "{}: the tables differ from before",
+            ns.name
+        );
+    }
 }
