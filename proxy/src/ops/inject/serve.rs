@@ -30,7 +30,8 @@ use rustls::sign::CertifiedKey;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use super::Options;
+use super::document::PodArgs;
+use super::pod::Options;
 use super::review::{FailurePolicy, Mode, Reviewed, Settings, Verdict, review};
 use crate::config::{LogConfig, LogFormat};
 
@@ -61,7 +62,7 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value_t = LogStyle::Json)]
     pub log_format: LogStyle,
     #[command(flatten)]
-    pub pod: super::PodArgs,
+    pub pod: PodArgs,
 }
 
 /// `--log-format`.

@@ -1,5 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use super::document::*;
+use super::pod::*;
 use super::*;
 
 const POD_SPEC: &str = "      containers:\n      - name: app\n        image: example/app:1\n        ports:\n        - containerPort: 8080\n";

@@ -5,13 +5,13 @@
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use super::review::*;
 use super::*;
+use crate::ops::inject::{Options, inject_text, parse_documents};
 
-const BARE: &str = include_str!("../../../../tests/fixtures/admission/bare-pod.json");
-const REPLICASET: &str = include_str!("../../../../tests/fixtures/admission/replicaset-pod.json");
-const JOB: &str = include_str!("../../../../tests/fixtures/admission/job-pod.json");
-const HOST_NETWORK: &str = include_str!("../../../../tests/fixtures/admission/host-network-pod.json");
+const BARE: &str = include_str!("../../../../../tests/fixtures/admission/bare-pod.json");
+const REPLICASET: &str = include_str!("../../../../../tests/fixtures/admission/replicaset-pod.json");
+const JOB: &str = include_str!("../../../../../tests/fixtures/admission/job-pod.json");
+const HOST_NETWORK: &str = include_str!("../../../../../tests/fixtures/admission/host-network-pod.json");
 
 fn settings(failure_policy: FailurePolicy) -> Settings {
     Settings {

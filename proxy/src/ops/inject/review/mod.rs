@@ -1,14 +1,15 @@
 //! The injection webhook's decisions: an AdmissionReview request in, the AdmissionReview
 //! response out. No I/O here; [`super::serve`] carries it over HTTPS.
 //!
-//! A pod is injected by [`super::inject_document`], the code `ward inject` runs, so the JSON
+//! A pod is injected by [`super::document::inject_document`], the code `ward inject` runs, so the JSON
 //! Patch returned, applied to the pod, gives what `ward inject -f pod.yaml` gives.
 
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use super::{INIT, SIDECAR};
-use super::{Options, Outcome, STATUS_ANNOTATION, Skip, Yaml, inject_annotation, inject_document};
+use super::document::{Outcome, Skip, inject_annotation, inject_document};
+use super::pod::{INIT, Options, SIDECAR, STATUS_ANNOTATION};
+use super::yaml::Yaml;
 
 /// The AdmissionReview version ward answers (the API server sends the first of the
 /// webhook's `admissionReviewVersions` it speaks).
@@ -357,3 +358,6 @@ impl Answer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
