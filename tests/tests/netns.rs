@@ -596,7 +596,7 @@ fn iptables_install_is_idempotent_and_uninstall_leaves_nothing() {
         assert!(out.contains("removed"), "{out}");
         let after = iptables_save_all(&ns);
         assert!(
-            !after.contains("WARD"),
+            !after.contains("WARD_"),
             "{backend}: ward's rules are left after uninstall:\n{after}"
         );
         // Uninstalling nothing is fine.
@@ -846,7 +846,7 @@ fn two_pods_talk_through_transparent_sidecars() {
     for ns in [&pair.a, &pair.b] {
         let saved = iptables_save_all(ns);
         assert!(
-            !saved.contains("WARD"),
+            !saved.contains("WARD_"),
             "ward's rules left in {}:\n{saved}",
             ns.name
         );
@@ -1419,7 +1419,7 @@ fn ipv6_pods_talk_both_ways_through_captured_mtls() {
     for (ns, before) in [&pair.a, &pair.b].iter().zip(&before) {
         let after = iptables_save_all(ns);
         assert!(
-            !after.contains("WARD"),
+            !after.contains("WARD_"),
             "ward's rules left in {}:\n{after}",
             ns.name
         );
