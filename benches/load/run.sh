@@ -15,6 +15,8 @@
 # nginx's worker processes, default 2), WARD_BENCH_WARD_WORKERS (ward's `--workers`, default:
 # the same as WARD_BENCH_THREADS), WARD_BENCH_PIN=1 (pin every pair's outbound process to CPU 0 and its
 # inbound to CPU 1; the load generator and the app stay free), WARD_BENCH_SECS (seconds per measurement),
+# WARD_BENCH_RATES (the fixed request rates, default "2000 10000"), WARD_BENCH_RATE_CONNS (their
+# keep-alive connections, default 16), WARD_BENCH_RATE_SECS (seconds per fixed-rate run),
 # WARD_BENCH_IDLE_CONNS, WARD_BENCH_BULK_MIB, WARD_BENCH_NO_INSTALL=1 (never apt-get),
 # WARD_BENCH_SKIP_BUILD=1 (use target/release/ward as it is), WARD_BENCH_AUDIT=file (keep
 # ward's audit records in target/bench/run/logs instead of writing them to /dev/null),
@@ -36,15 +38,19 @@ for arg in "$@"; do
 done
 
 if [[ $QUICK == 1 ]]; then
-    SECS=${WARD_BENCH_SECS:-2}; IDLE_CONNS=${WARD_BENCH_IDLE_CONNS:-2000}
+    SECS=${WARD_BENCH_SECS:-2}; IDLE_CONNS=${WARD_BENCH_IDLE_CONNS:-2000}; RATE_SECS=${WARD_BENCH_RATE_SECS:-3}
     BULK_MIB=${WARD_BENCH_BULK_MIB:-256}; BULK_REPS=1; MODE=quick
     SETTLE=${WARD_BENCH_SETTLE:-0}
 else
-    SECS=${WARD_BENCH_SECS:-8}; IDLE_CONNS=${WARD_BENCH_IDLE_CONNS:-10000}
+    SECS=${WARD_BENCH_SECS:-8}; IDLE_CONNS=${WARD_BENCH_IDLE_CONNS:-10000}; RATE_SECS=${WARD_BENCH_RATE_SECS:-10}
     BULK_MIB=${WARD_BENCH_BULK_MIB:-1024}; BULK_REPS=3; MODE=full
     SETTLE=${WARD_BENCH_SETTLE:-32}
 fi
 THREADS=${WARD_BENCH_THREADS:-2}
+# Fixed request rates (requests/s, over RATE_CONNS keep-alive connections) for the latency and
+# CPU-per-request rows.
+RATES=(${WARD_BENCH_RATES:-2000 10000})
+RATE_CONNS=${WARD_BENCH_RATE_CONNS:-16}
 # ward's worker threads: as many as haproxy's threads and nginx's workers.
 WARD_WORKERS=${WARD_BENCH_WARD_WORKERS:-$THREADS}
 PIN=${WARD_BENCH_PIN:-0}
@@ -95,6 +101,21 @@ install_missing() {
     [[ -f $NJS_SO ]] || die "the nginx njs module (ngx_http_js_module.so) is still missing"
 }
 install_missing
+
+# oha, the fixed-rate load generator: it sends on a schedule and, with --latency-correction,
+# measures each request from when the schedule said to send it, so a stalled proxy's queue
+# counts against it (coordinated omission corrected, as wrk2 does). From crates.io, pinned, into
+# target/bench/tools the first time (a few minutes of compiling).
+OHA_VERSION=1.15.0
+OHA=$ROOT/target/bench/tools/bin/oha
+if command -v oha >/dev/null && oha --version 2>/dev/null | grep -q " $OHA_VERSION"; then
+    OHA=$(command -v oha)
+elif [[ ! -x $OHA ]] || ! "$OHA" --version 2>/dev/null | grep -q " $OHA_VERSION"; then
+    [[ ${WARD_BENCH_NO_INSTALL:-0} == 1 ]] && die "oha $OHA_VERSION is missing (WARD_BENCH_NO_INSTALL=1)"
+    log "installing oha $OHA_VERSION from crates.io into target/bench/tools (once)"
+    cargo install oha --version "$OHA_VERSION" --locked --quiet --root "$ROOT/target/bench/tools" \
+        || die "cargo install oha --version $OHA_VERSION failed"
+fi
 
 WARD=$ROOT/target/release/ward
 if [[ ${WARD_BENCH_SKIP_BUILD:-0} == 1 && -x $WARD ]]; then
@@ -333,6 +354,10 @@ record_rss() { # phase
             echo "$1 $t $side $(rss_kib "${PID[$t-$side]}") $(anon_kib "${PID[$t-$side]}")" >> "$RUN/out/rss.txt"
         done
     done
+    if [[ ${ZT_OK:-0} == 1 ]]; then
+        echo "$1 ztunnel out $(rss_kib "${PID[ztunnel-a]}") $(anon_kib "${PID[ztunnel-a]}")" >> "$RUN/out/rss.txt"
+        echo "$1 ztunnel in $(rss_kib "${PID[ztunnel-b]}") $(anon_kib "${PID[ztunnel-b]}")" >> "$RUN/out/rss.txt"
+    fi
 }
 sleep 1
 record_rss idle
@@ -345,6 +370,7 @@ for t in "${PROXIES[@]}"; do
     HOLD=$!
     PIDS+=("$HOLD")
     front_before=$(rss_kib "${PID[$t-out]}"); back_before=$(rss_kib "${PID[$t-in]}")
+    fa_before=$(anon_kib "${PID[$t-out]}"); ba_before=$(anon_kib "${PID[$t-in]}")
     for _ in $(seq 1 600); do
         [[ -e $RUN/out/idle__$t.ready ]] && break
         kill -0 "$HOLD" 2>/dev/null || break
@@ -355,12 +381,19 @@ for t in "${PROXIES[@]}"; do
     # measured after the same wait.
     sleep 3
     front_after=$(rss_kib "${PID[$t-out]}"); back_after=$(rss_kib "${PID[$t-in]}")
+    fa_after=$(anon_kib "${PID[$t-out]}"); ba_after=$(anon_kib "${PID[$t-in]}")
+    # ... and 10 s later, once freed memory has been given back (jemalloc's decay is 10 s;
+    # glibc's and haproxy's allocators keep what they keep): what holding the connections costs.
+    sleep 10
+    fa_held=$(anon_kib "${PID[$t-out]}"); ba_held=$(anon_kib "${PID[$t-in]}")
     opened=$(cat "$RUN/out/idle__$t.ready" 2>/dev/null || echo 0)
     kill -TERM "$HOLD" 2>/dev/null || true
     wait "$HOLD" 2>/dev/null || true
-    echo "$opened $front_before $front_after $back_before $back_after" > "$RUN/out/idle__$t.txt"
-    printf '    %-8s %s conns: front %s -> %s KiB, back %s -> %s KiB\n' "$t" "$opened" \
-        "$front_before" "$front_after" "$back_before" "$back_after" >&2
+    echo "$opened $front_before $front_after $back_before $back_after" \
+        "$fa_before $fa_after $ba_before $ba_after $fa_held $ba_held" > "$RUN/out/idle__$t.txt"
+    printf '    %-8s %s conns: front %s -> %s KiB (anonymous %s -> %s, %s 10 s later), back %s -> %s KiB (anonymous %s -> %s, %s)\n' \
+        "$t" "$opened" "$front_before" "$front_after" "$fa_before" "$fa_after" "$fa_held" \
+        "$back_before" "$back_after" "$ba_before" "$ba_after" "$ba_held" >&2
     sleep 1
 done
 # The idle test's one request per connection leaves each pair's back with up to a few hundred
@@ -451,6 +484,45 @@ run_wrk_cpu() { # scenario target port conns threads: run_wrk, and the CPU the p
         "$(getconf CLK_TCK) $((idle1 - idle0)) $((all1 - all0))" > "$RUN/out/cpu-${scenario}__$t.txt"
 }
 
+if [[ -n ${WARD_BENCH_ZTUNNEL:-} ]]; then
+    log "the ztunnel pair (WARD_BENCH_ZTUNNEL=$WARD_BENCH_ZTUNNEL)"
+    ztunnel_pair && ZT_OK=1
+    [[ ${ZT_OK:-0} == 1 && $PIN == 1 ]] && { pin "${PID[ztunnel-a]}" 0; pin "${PID[ztunnel-b]}" 1; }
+fi
+
+# Fixed-rate runs: what a sidecar at a pod's modest load costs. oha sends RATE requests/s over
+# RATE_CONNS keep-alive connections on a schedule, latency counted from the scheduled send; the
+# CPU of both processes of the pair over the window, divided by the requests served.
+# Chains: http (L7: ward's per-request policy on) and l4 (tcp listeners: one mTLS connection per
+# client connection, bytes relayed).
+declare -A RATE_PORT=([direct]=$P_APP [ward-http]=$P_W_OUT_HTTP [haproxy-http]=$P_HA_H1 [nginx-http]=$P_NG_H1
+    [ward-l4]=$P_W_OUT_TCP [haproxy-l4]=$P_HA_TCP_RESUME)
+RATE_CHAINS=(direct ward-http haproxy-http nginx-http ward-l4 haproxy-l4)
+[[ ${ZT_OK:-0} == 1 ]] && RATE_CHAINS+=(ztunnel-l4)
+run_rate() { # rate chain: oha at that rate, and the CPU the chain's processes spent
+    local rate=$1 chain=$2 out="$RUN/out/rate${1}__${2}" proxy=${2%-*} p i url
+    local -a ns=() pids=() t0=() t1=()
+    case $chain in
+        direct) ;;
+        ztunnel-l4) pids=("${PID[ztunnel-a]}" "${PID[ztunnel-b]}") ;;
+        *) pids=("${PID[$proxy-out]}" "${PID[$proxy-in]}") ;;
+    esac
+    url="http://127.0.0.1:${RATE_PORT[$chain]:-0}/"
+    if [[ $chain == ztunnel-l4 ]]; then ns=(ip netns exec wbz-a); url="http://10.251.0.2:8080/"; fi
+    for p in "${pids[@]}"; do t0+=($(( $(user_ticks "$p") + $(sys_ticks "$p") ))); done
+    "${ns[@]}" "$OHA" -z "${RATE_SECS}s" -c "$RATE_CONNS" -q "$rate" --latency-correction --no-tui \
+        --output-format json "$url" > "$out.json" 2> "$out.err" || true
+    for p in "${pids[@]}"; do t1+=($(( $(user_ticks "$p") + $(sys_ticks "$p") ))); done
+    local ticks=0
+    for i in "${!t1[@]}"; do ticks=$((ticks + t1[i] - t0[i])); done
+    echo "$ticks $(getconf CLK_TCK)" > "$out.cpu"
+    printf '    %-6s req/s %-13s %s\n' "$rate" "$chain" "$(python3 "$HERE/report.py" oha-summary "$out.json")" >&2
+}
+for rate in "${RATES[@]}"; do
+    log "fixed rate: $rate requests/s over $RATE_CONNS keep-alive connections, ${RATE_SECS}s per chain (oha, latency corrected)"
+    for chain in "${RATE_CHAINS[@]}"; do run_rate "$rate" "$chain"; done
+done
+
 log "HTTP/1.1 keep-alive, 1 connection (${SECS}s each; and the CPU each pair spends per request)"
 for t in "${TARGETS[@]}"; do run_wrk_cpu ka1 "$t" "${H1[$t]}" 1 1; done
 # One 1-connection run per target moves by 10-20 µs with whatever the machine did just before;
@@ -464,14 +536,23 @@ for r in $(seq 1 "$LAT_ROUNDS"); do
 done
 log "HTTP/1.1 keep-alive, 32 connections (and the CPU each pair spends per request)"
 for t in "${TARGETS[@]}"; do run_wrk_cpu ka32 "$t" "${H1[$t]}" 32 2; done
+# Memory a saturating run leaves behind: what is kept, not the high-water mark: 2 s after,
+# and 12 s after (past jemalloc's 10 s decay, when ward has given freed pages back).
+sleep 2
+record_rss after_saturation
+sleep 10
+record_rss after_saturation_12s
 log "HTTP/1.1 keep-alive, 32 connections through the tcp-mode pairs (no HTTP work in the proxies)"
 for t in ward haproxy; do run_wrk_cpu ka32tcp "$t" "${FULL[$t]}" 32 2; done
+[[ ${ZT_OK:-0} == 1 ]] && WRK_NS=wbz-a WRK_HOST=10.251.0.2 run_wrk ka32tcp ztunnel 8080 32 2
 log "a new connection per request, full handshake between the sidecars"
 for t in "${TARGETS[@]}"; do run_wrk newconn_full "$t" "${FULL[$t]}" 16 2 -H 'Connection: close'; done
 log "a new connection per request, each a CONNECT stream over a pooled HBONE connection"
 run_wrk newconn_hbone ward "$P_W_OUT_HBONE" 16 2 -H 'Connection: close'
-if [[ -n ${WARD_BENCH_ZTUNNEL:-} ]]; then
-    ztunnel_pair && WRK_NS=wbz-a WRK_HOST=10.251.0.2 run_wrk newconn_hbone ztunnel 8080 16 2 -H 'Connection: close'
+if [[ ${ZT_OK:-0} == 1 ]]; then
+    WRK_NS=wbz-a WRK_HOST=10.251.0.2 run_wrk newconn_hbone ztunnel 8080 16 2 -H 'Connection: close'
+elif [[ -n ${WARD_BENCH_ZTUNNEL:-} ]]; then
+    echo "skipped: the ztunnel pair did not start (logs in target/bench/run/logs)" > "$RUN/out/newconn_hbone__ztunnel.skipped"
 else
     echo "skipped: WARD_BENCH_ZTUNNEL names no ztunnel binary (the ztunnel pair is left out)" > "$RUN/out/newconn_hbone__ztunnel.skipped"
     log "    ztunnel pair skipped: set WARD_BENCH_ZTUNNEL=/path/to/ztunnel (built with --features testing) to add it"
@@ -525,5 +606,9 @@ record_rss after_load
     echo "wrk=$(wrk -v 2>&1 | head -1 | awk '{print $2}')"
     echo "h2load=$(h2load --version 2>&1 | head -1 | awk '{print $NF}')"
     echo "ztunnel=${WARD_BENCH_ZTUNNEL:-none}"
+    echo "oha=$("$OHA" --version 2>/dev/null | awk '{print $2}')"
+    echo "rates=${RATES[*]}"
+    echo "rate_conns=$RATE_CONNS"
+    echo "rate_secs=$RATE_SECS"
 } > "$RUN/out/meta.txt"
 python3 "$HERE/report.py" report --raw "$RUN/out" --out "$OUTDIR"
