@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Opens N keep-alive connections to 127.0.0.1:PORT, sends one `GET /` on each and reads the
-answer, then holds them all idle until SIGTERM. Writes how many are open to --ready once done.
+answer, then holds them all idle until SIGTERM. Writes how many are open to --ready once done,
+and on SIGTERM prints how many the proxy had not closed.
 Stdlib only."""
 
 import argparse
@@ -24,7 +25,7 @@ async def one(port, held, sem):
                     length = int(line.split(b":", 1)[1])
             if length:
                 await asyncio.wait_for(reader.readexactly(length), 10)
-            held.append(writer)
+            held.append((reader, writer))
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as e:
             print(f"connection failed: {e!r}", file=sys.stderr)
 
@@ -45,7 +46,11 @@ async def main():
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    for w in held:
+    # How many the proxy still held open when told to stop: one it closed has seen EOF.
+    await asyncio.sleep(0)
+    still = sum(1 for r, _ in held if not r.at_eof())
+    print(f"still open at the end: {still}", flush=True)
+    for _, w in held:
         w.close()
 
 

@@ -160,8 +160,8 @@ def collect(raw):
                               "machine_total"), map(int, parts)))
         elif scenario == "idle":
             parts = (text or "").split()
-            if len(parts) == 11:
-                n, fb, fa, bb, ba, afb, afa, abb, aba, afh, abh = (int(p) for p in parts)
+            if len(parts) == 12:
+                n, fb, fa, bb, ba, afb, afa, abb, aba, afh, abh, still = (int(p) for p in parts)
                 r = {"conns": n, "front_kib_before": fb, "front_kib_after": fa,
                      "back_kib_before": bb, "back_kib_after": ba,
                      "front_anon_kib_before": afb, "front_anon_kib_after": afa,
@@ -171,8 +171,12 @@ def collect(raw):
                     r["pair_bytes_per_conn"] = ((fa - fb) + (ba - bb)) * 1024 / n
                     r["pair_anon_bytes_per_conn"] = ((afa - afb) + (aba - abb)) * 1024 / n
                     r["front_anon_bytes_per_conn"] = (afa - afb) * 1024 / n
-                    r["front_anon_held_bytes_per_conn"] = (afh - afb) * 1024 / n
-                    r["pair_anon_held_bytes_per_conn"] = ((afh - afb) + (abh - abb)) * 1024 / n
+                    r["still_open"] = still
+                    if still == n:
+                        r["front_anon_held_bytes_per_conn"] = (afh - afb) * 1024 / n
+                        r["pair_anon_held_bytes_per_conn"] = ((afh - afb) + (abh - abb)) * 1024 / n
+                    else:
+                        r["held_error"] = f"the proxy closed {n - still} of the {n} idle connections before the end"
             else:
                 r = {"error": text}
         else:
@@ -347,8 +351,8 @@ def build(meta, res, rss):
     row(f"{idle_n} idle conns: front anonymous memory per conn, 13 s in (bytes)",
         {t: get(res, "idle", t, "front_anon_held_bytes_per_conn") for t in PROXIES}, better="lower",
         chart_label="idle conn memory (front, 13 s)",
-        note="the same 10 s later, past jemalloc's 10 s decay: what holding the connections costs (the "
-             "per-connection target is judged on this)")
+        note="the same 10 s later (past jemalloc's 10 s decay time), every connection still open (hold.py "
+             "checks): what holding the connections costs (the per-connection target is judged on this)")
     row(f"{idle_n} idle conns: pair anonymous memory per conn, 13 s in (bytes)",
         {t: get(res, "idle", t, "pair_anon_held_bytes_per_conn") for t in PROXIES}, better="lower",
         note="both processes: the back also holds the connections to the app that the idle connections' "
@@ -366,7 +370,8 @@ def build(meta, res, rss):
     for side, name in (("out", "outbound"), ("in", "inbound")):
         row(f"anonymous memory 12 s after the saturating run, {name} (MiB)",
             rss_mib("after_saturation_12s_anon", side), 1, better="lower",
-            note="past jemalloc's 10 s decay (the memory target is judged on this)" if side == "out" else "")
+            note="past jemalloc's 10 s decay time for freed pages (the memory target is judged on this)"
+            if side == "out" else "")
     for side, name in (("out", "outbound"), ("in", "inbound")):
         row(f"anonymous memory after every measurement, {name} (MiB)", rss_mib("after_load_anon", side), 1,
             better="lower")
@@ -476,6 +481,8 @@ def build(meta, res, rss):
             if "error" in r:
                 problems.append(f"{scn}/{t}: {r['error']}")
                 continue
+            if "held_error" in r:
+                problems.append(f"{scn}/{t}: {r['held_error']} (its 13 s rows are left out)")
             n = r.get("non_2xx", 0) + r.get("errors_total", 0) + r.get("failed", 0)
             if n:
                 problems.append(f"{scn}/{t}: {n} failed or non-2xx requests")

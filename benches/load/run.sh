@@ -382,18 +382,20 @@ for t in "${PROXIES[@]}"; do
     sleep 3
     front_after=$(rss_kib "${PID[$t-out]}"); back_after=$(rss_kib "${PID[$t-in]}")
     fa_after=$(anon_kib "${PID[$t-out]}"); ba_after=$(anon_kib "${PID[$t-in]}")
-    # ... and 10 s later, once freed memory has been given back (jemalloc's decay is 10 s;
-    # glibc's and haproxy's allocators keep what they keep): what holding the connections costs.
+    # ... and 10 s later (past jemalloc's 10 s decay time for freed pages): what holding the
+    # connections costs. hold.py then says how many are still open; all must be.
     sleep 10
     fa_held=$(anon_kib "${PID[$t-out]}"); ba_held=$(anon_kib "${PID[$t-in]}")
     opened=$(cat "$RUN/out/idle__$t.ready" 2>/dev/null || echo 0)
     kill -TERM "$HOLD" 2>/dev/null || true
     wait "$HOLD" 2>/dev/null || true
+    # how many the proxy still had open at the end (one it closed would make the 13 s figure lie)
+    still=$(sed -n 's/^still open at the end: //p' "$RUN/out/idle__$t.hold")
     echo "$opened $front_before $front_after $back_before $back_after" \
-        "$fa_before $fa_after $ba_before $ba_after $fa_held $ba_held" > "$RUN/out/idle__$t.txt"
-    printf '    %-8s %s conns: front %s -> %s KiB (anonymous %s -> %s, %s 10 s later), back %s -> %s KiB (anonymous %s -> %s, %s)\n' \
+        "$fa_before $fa_after $ba_before $ba_after $fa_held $ba_held ${still:-0}" > "$RUN/out/idle__$t.txt"
+    printf '    %-8s %s conns: front %s -> %s KiB (anonymous %s -> %s, %s 10 s later), back %s -> %s KiB (anonymous %s -> %s, %s); %s still open\n' \
         "$t" "$opened" "$front_before" "$front_after" "$fa_before" "$fa_after" "$fa_held" \
-        "$back_before" "$back_after" "$ba_before" "$ba_after" "$ba_held" >&2
+        "$back_before" "$back_after" "$ba_before" "$ba_after" "$ba_held" "${still:-0}" >&2
     sleep 1
 done
 # The idle test's one request per connection leaves each pair's back with up to a few hundred
@@ -537,7 +539,7 @@ done
 log "HTTP/1.1 keep-alive, 32 connections (and the CPU each pair spends per request)"
 for t in "${TARGETS[@]}"; do run_wrk_cpu ka32 "$t" "${H1[$t]}" 32 2; done
 # Memory a saturating run leaves behind: what is kept, not the high-water mark: 2 s after,
-# and 12 s after (past jemalloc's 10 s decay, when ward has given freed pages back).
+# and 12 s after (past jemalloc's 10 s decay time for freed pages).
 sleep 2
 record_rss after_saturation
 sleep 10
