@@ -2,8 +2,8 @@
 # ward's load harness: ward side by side with a direct path, a haproxy pair and an nginx pair,
 # all doing mTLS with SPIFFE URI-SAN checks on 127.0.0.1.
 #
-#   benches/load/run.sh            # full run, about 8 minutes
-#   benches/load/run.sh --quick    # every measurement briefly, about a minute and a half
+#   benches/load/run.sh            # full run, about 15 minutes
+#   benches/load/run.sh --quick    # every measurement briefly, about five minutes
 #
 # It installs what is missing (apt-get), builds ward (cargo build --release -p ward), makes a
 # dev CA and two SVIDs with `ward certs`, starts every process on 127.0.0.1 ports from
