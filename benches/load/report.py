@@ -351,7 +351,7 @@ def build(meta, res, rss):
     row(f"{idle_n} idle conns: front anonymous memory per conn, 13 s in (bytes)",
         {t: get(res, "idle", t, "front_anon_held_bytes_per_conn") for t in PROXIES}, better="lower",
         chart_label="idle conn memory (front, 13 s)",
-        note="the same 10 s later (past jemalloc's 10 s decay time), every connection still open (hold.py "
+        note="the same 10 s later (well past ward's 1 s jemalloc decay), every connection still open (hold.py "
              "checks): what holding the connections costs (the per-connection target is judged on this)")
     row(f"{idle_n} idle conns: pair anonymous memory per conn, 13 s in (bytes)",
         {t: get(res, "idle", t, "pair_anon_held_bytes_per_conn") for t in PROXIES}, better="lower",
@@ -370,7 +370,7 @@ def build(meta, res, rss):
     for side, name in (("out", "outbound"), ("in", "inbound")):
         row(f"anonymous memory 12 s after the saturating run, {name} (MiB)",
             rss_mib("after_saturation_12s_anon", side), 1, better="lower",
-            note="past jemalloc's 10 s decay time for freed pages (the memory target is judged on this)"
+            note="well past the 1 s decay ward's jemalloc is built with, .cargo/config.toml (the memory target is judged on this)"
             if side == "out" else "")
     for side, name in (("out", "outbound"), ("in", "inbound")):
         row(f"anonymous memory after every measurement, {name} (MiB)", rss_mib("after_load_anon", side), 1,

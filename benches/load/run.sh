@@ -382,7 +382,7 @@ for t in "${PROXIES[@]}"; do
     sleep 3
     front_after=$(rss_kib "${PID[$t-out]}"); back_after=$(rss_kib "${PID[$t-in]}")
     fa_after=$(anon_kib "${PID[$t-out]}"); ba_after=$(anon_kib "${PID[$t-in]}")
-    # ... and 10 s later (past jemalloc's 10 s decay time for freed pages): what holding the
+    # ... and 10 s later (well past the 1 s decay ward's jemalloc is built with, .cargo/config.toml): what holding the
     # connections costs. hold.py then says how many are still open; all must be.
     sleep 10
     fa_held=$(anon_kib "${PID[$t-out]}"); ba_held=$(anon_kib "${PID[$t-in]}")
@@ -539,7 +539,7 @@ done
 log "HTTP/1.1 keep-alive, 32 connections (and the CPU each pair spends per request)"
 for t in "${TARGETS[@]}"; do run_wrk_cpu ka32 "$t" "${H1[$t]}" 32 2; done
 # Memory a saturating run leaves behind: what is kept, not the high-water mark: 2 s after,
-# and 12 s after (past jemalloc's 10 s decay time for freed pages).
+# and 12 s after (well past the 1 s decay ward's jemalloc is built with, .cargo/config.toml).
 sleep 2
 record_rss after_saturation
 sleep 10
