@@ -59,6 +59,36 @@ fn verify(analyze: &Path, unit: &Path) -> Output {
     )
 }
 
+/// `deploy/container/build.sh ARGS`, which must succeed and print this ward's `--version` from
+/// inside the image; its stdout. The static build can take minutes the first time (thin LTO);
+/// later runs reuse it.
+fn build(args: &[&str]) -> String {
+    let out = run(
+        Command::new(repo().join("deploy/container/build.sh")).args(args),
+        b"",
+        Duration::from_secs(1800),
+    );
+    let log = format!("{}\n{}", out.stdout(), out.stderr());
+    assert_eq!(out.code(), 0, "deploy/container/build.sh {args:?} failed:\n{log}");
+    let version = format!("ward {}", env!("CARGO_PKG_VERSION"));
+    assert!(
+        out.stdout().lines().any(|l| l.trim() == version),
+        "`/ward --version` inside the image did not print {version:?}:\n{log}"
+    );
+    out.stdout()
+}
+
+/// `buildah inspect --format FORMAT IMAGE` (vfs storage), trimmed.
+fn inspect(buildah: &Path, image: &str, format: &str) -> String {
+    let out = run(
+        Command::new(buildah).args(["--storage-driver", "vfs", "inspect", "--format", format, image]),
+        b"",
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.code(), 0, "buildah inspect: {}", out.stderr());
+    out.stdout().trim().to_owned()
+}
+
 #[test]
 fn systemd_unit_passes_verify_and_is_hardened() {
     let Some(analyze) = tool("systemd-analyze", "systemd") else {
@@ -135,32 +165,10 @@ fn container_image_builds_from_scratch_and_runs_ward() {
         return;
     };
     let image = "localhost/ward-e2e:test";
-    // The static build can take minutes the first time (thin LTO); later runs reuse it.
-    let out = run(
-        Command::new(repo().join("deploy/container/build.sh")).arg(image),
-        b"",
-        Duration::from_secs(1800),
-    );
-    let log = format!("{}\n{}", out.stdout(), out.stderr());
-    assert_eq!(out.code(), 0, "deploy/container/build.sh failed:\n{log}");
-    let version = format!("ward {}", env!("CARGO_PKG_VERSION"));
-    assert!(
-        out.stdout().lines().any(|l| l.trim() == version),
-        "`/ward --version` inside the image did not print {version:?}:\n{log}"
-    );
+    build(&[image]);
 
     let vfs = ["--storage-driver", "vfs"];
-    let inspect = |format: &str| {
-        let out = run(
-            Command::new(&buildah)
-                .args(vfs)
-                .args(["inspect", "--format", format, image]),
-            b"",
-            Duration::from_secs(60),
-        );
-        assert_eq!(out.code(), 0, "buildah inspect: {}", out.stderr());
-        out.stdout().trim().to_owned()
-    };
+    let inspect = |format: &str| inspect(&buildah, image, format);
     assert_eq!(inspect("{{.OCIv1.Config.User}}"), "1337:1337");
     assert_eq!(inspect("{{.OCIv1.Config.Entrypoint}}"), "[/ward]");
     assert_eq!(inspect("{{.OCIv1.Config.Cmd}}"), "[run -c /etc/ward/ward.yaml]");
@@ -310,35 +318,14 @@ fn capture_init_image_builds_from_debian_packages_and_captures_in_a_netns() {
         return;
     }
     let image = "localhost/ward-init-e2e:test";
-    let out = run(
-        Command::new(repo().join("deploy/container/build.sh")).args(["--init", image]),
-        b"",
-        Duration::from_secs(1800),
-    );
-    let log = format!("{}\n{}", out.stdout(), out.stderr());
-    assert_eq!(out.code(), 0, "deploy/container/build.sh --init failed:\n{log}");
-    let version = format!("ward {}", env!("CARGO_PKG_VERSION"));
+    let stdout = build(&["--init", image]);
     assert!(
-        out.stdout().lines().any(|l| l.trim() == version),
-        "no {version:?} from inside the image:\n{log}"
-    );
-    assert!(
-        out.stdout().contains("iptables-restore v1.8"),
-        "no iptables-restore inside the image:\n{log}"
+        stdout.contains("iptables-restore v1.8"),
+        "no iptables-restore inside the image:\n{stdout}"
     );
 
     let vfs = ["--storage-driver", "vfs"];
-    let inspect = |format: &str| {
-        let out = run(
-            Command::new(&buildah)
-                .args(vfs)
-                .args(["inspect", "--format", format, image]),
-            b"",
-            Duration::from_secs(60),
-        );
-        assert_eq!(out.code(), 0, "buildah inspect: {}", out.stderr());
-        out.stdout().trim().to_owned()
-    };
+    let inspect = |format: &str| inspect(&buildah, image, format);
     assert_eq!(inspect("{{.OCIv1.Config.Entrypoint}}"), "[/ward]");
     assert_eq!(inspect("{{.OCIv1.Config.Cmd}}"), "[iptables install]");
 
